@@ -1,0 +1,44 @@
+"""The one small error hierarchy of fxprune.
+
+Every error a user can reach is an ``FxPruneError``. Errors about the graph name the node
+(``node.format_node()``), the pass, and the user's source line, and say what to do.
+"""
+
+from __future__ import annotations
+
+import torch.fx
+
+
+class FxPruneError(Exception):
+    """Base class of every error fxprune raises on purpose."""
+
+
+class InputError(FxPruneError):
+    """The model or the example inputs handed to fxprune are unusable."""
+
+
+class TraceError(FxPruneError):
+    """torch.fx could not trace the model, even with failing submodules made leaves."""
+
+
+class AnalysisError(FxPruneError):
+    """The dependency-analysis pass met a graph it cannot reason about (``strict=True``)."""
+
+
+def user_line(node: torch.fx.Node) -> str:
+    """The last frame of the node's stack trace: the user's source line, or '' if unknown."""
+    trace = node.stack_trace or ""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    # fx stack traces end with 'File "...", line N, in fn' followed by the code line.
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File "):
+            code = lines[i + 1] if i + 1 < len(lines) else ""
+            return f"{lines[i]}: {code}".strip(": ")
+    return ""
+
+
+def describe(node: torch.fx.Node) -> str:
+    """`node.format_node()` plus the user's source line, for error messages and reasons."""
+    where = user_line(node)
+    text = node.format_node()
+    return f"{text} ({where})" if where else text

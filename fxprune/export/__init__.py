@@ -1,0 +1,1 @@
+"""Writing results out: channel-group pictures (dot, HTML)."""

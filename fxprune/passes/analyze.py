@@ -1,0 +1,295 @@
+"""Dependency analysis: find the channels that must be removed together.
+
+Reads ``node.meta["tensor_meta"]`` (from `fxprune.trace`) and ``node.meta["fxprune.leaf"]``.
+Writes ``node.meta["fxprune.groups"]`` (a `NodeGroups`) on every node whose output carries
+channels, and returns a `ChannelGraph`. The graph module itself is not changed.
+
+Each node's op table entry (`fxprune.ops`) says how channels flow through it. Channels that
+reach a model input or output, or an op that is not in the table, are frozen with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx
+
+from fxprune import ops
+from fxprune.errors import AnalysisError, InputError, describe
+from fxprune.graph import ChannelGraph, ChannelGroup, Member
+from fxprune.passes.flow import UNTRACKED, Atoms, Flow
+from fxprune.trace import LEAF_KEY
+
+log = logging.getLogger(__name__)
+
+GROUPS_KEY = "fxprune.groups"
+
+
+@dataclass(frozen=True)
+class NodeGroups:
+    """The channel groups held along each tracked dim of a node's output."""
+
+    dims: tuple[tuple[int, tuple[int, ...]], ...]  # (dim, group ids) pairs
+
+
+class Context:
+    """What a flow rule sees: the node, its inputs' flows and shapes, and the atoms."""
+
+    def __init__(self, gm: torch.fx.GraphModule, strict: bool) -> None:
+        self.gm = gm
+        self.strict = strict
+        self.atoms = Atoms()
+        self.flows: dict[torch.fx.Node, object] = {}
+        self.params: dict[tuple[str, int], np.ndarray] = {}
+        self.members: list[tuple[str, str, int, np.ndarray]] = []
+        self.node: torch.fx.Node
+        self.where = ""
+
+    # inputs of the current node
+    def arg(self, i: int, name: str, default: object = None) -> object:
+        args = self.node.args
+        if i < len(args):
+            return args[i]
+        return self.node.kwargs.get(name, default)
+
+    def tensor_args(self) -> list[torch.fx.Node]:
+        flat = list(self.node.args) + list(self.node.kwargs.values())
+        return [a for a in flat if isinstance(a, torch.fx.Node) and _is_tensor(a)]
+
+    def flow(self, value: object) -> object:
+        return self.flows.get(value) if isinstance(value, torch.fx.Node) else None
+
+    def tflow(self, value: object) -> Flow:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = self.arg(value, "input")
+        flow = self.flow(value)
+        return flow if isinstance(flow, Flow) else UNTRACKED
+
+    def shape(self, value: object) -> tuple[int, ...]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = self.arg(value, "input")
+        if isinstance(value, torch.fx.Node):
+            meta = value.meta.get("tensor_meta")
+            if meta is not None and hasattr(meta, "shape"):
+                return tuple(meta.shape)
+        return ()
+
+    def sequence(self, value: object) -> list[tuple[Flow, tuple[int, ...]]]:
+        """(flow, shape) of each tensor in a list argument, or in a tuple-valued node."""
+        if isinstance(value, torch.fx.Node):
+            flows = self.flow(value)
+            metas = value.meta.get("tensor_meta")
+            return [(f if isinstance(f, Flow) else UNTRACKED, tuple(m.shape))
+                    for f, m in zip(flows, metas)]
+        return [(self.tflow(v), self.shape(v)) for v in value]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        meta = self.node.meta.get("tensor_meta")
+        return tuple(meta.shape) if hasattr(meta, "shape") else ()
+
+    def module(self) -> torch.nn.Module:
+        return self.gm.get_submodule(self.node.target)
+
+    # effects
+    def member(self, param: str, dim: int, ids: np.ndarray) -> None:
+        """Record that `param` (of the current module) is sliced along `dim` by `ids`."""
+        qualified = f"{self.node.target}.{param}" if self.node.op == "call_module" else param
+        self._param(self.node.name, qualified, dim, ids)
+
+    def _param(self, node: str, qualified: str, dim: int, ids: np.ndarray) -> None:
+        key = (qualified, dim)
+        if key in self.params:  # shared or tied parameter: both uses are one channel space
+            self.atoms.union(self.params[key], ids, self.where)
+        else:
+            self.params[key] = ids
+        self.members.append((node, qualified, dim, ids))
+
+    def freeze_all(self, value: object, reason: str) -> None:
+        if isinstance(value, Flow):
+            self.atoms.freeze(value.atoms(), reason)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                self.freeze_all(v, reason)
+        elif isinstance(value, dict):
+            for v in value.values():
+                self.freeze_all(v, reason)
+        elif isinstance(value, torch.fx.Node):
+            self.freeze_all(self.flow(value), reason)
+
+    def unknown(self, why: str) -> object:
+        reason = f"{why}: {self.where}"
+        if self.strict:
+            raise AnalysisError(
+                f"analyze: {reason}. Add the op to fxprune.ops, or call analyze(strict=False) to "
+                "freeze the channels through it."
+            )
+        self.freeze_all((self.node.args, self.node.kwargs), reason)
+        return _untracked_like(self.node.meta.get("tensor_meta"))
+
+
+def _is_tensor(node: torch.fx.Node) -> bool:
+    return hasattr(node.meta.get("tensor_meta"), "shape")
+
+
+def _untracked_like(meta: object) -> object:
+    if hasattr(meta, "shape"):  # TensorMetadata is itself a NamedTuple: test it first
+        return UNTRACKED
+    if isinstance(meta, (tuple, list)):
+        return tuple(_untracked_like(m) for m in meta)
+    return UNTRACKED if meta is not None else None
+
+
+def _describe_op(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_method":
+        return f".{node.target}()"
+    if node.op == "get_attr":
+        return f"param {node.target}"
+    return "input" if node.op == "placeholder" else "output"
+
+
+def _visit(cx: Context, node: torch.fx.Node) -> object:
+    meta = node.meta.get("tensor_meta")
+    if node.op == "placeholder":
+        return _untracked_like(meta)
+    if node.op == "output":
+        cx.freeze_all(node.args, f"reaches the model output {cx.where}")
+        return None
+    if node.op == "get_attr":
+        value = _fetch(cx.gm, node.target)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return _untracked_like(meta)
+        dims = {}
+        for d, size in enumerate(value.shape):
+            if size > 1:
+                dims[d] = cx.atoms.fresh(size)
+                cx._param(node.name, node.target, d, dims[d])
+        return Flow(dims)
+    if meta is None:  # sizes, dtypes and other non-tensor values carry no channels
+        return None
+    module = cx.module() if node.op == "call_module" else None
+    entry = ops.lookup(node, module)
+    if entry is None:
+        leaf = node.meta.get(LEAF_KEY)
+        if leaf is not None:
+            return cx.unknown(f"submodule '{leaf.module}' {leaf.reason}")
+        name = type(module).__name__ if module is not None else _describe_op(node, cx.gm)
+        return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
+    return entry.flow(cx, entry)
+
+
+def _fetch(gm: torch.nn.Module, target: str) -> object:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def analyze(gm: torch.fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
+    """Group the channels of a traced model (from `fxprune.trace`) that must go together.
+
+    With ``strict=True`` an op missing from the op table raises `AnalysisError` instead of
+    freezing the channels through it.
+    """
+    if not isinstance(gm, torch.fx.GraphModule):
+        raise InputError(f"analyze takes the GraphModule returned by fxprune.trace, got {type(gm).__name__}")
+    if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op != "output"):
+        raise InputError("the graph has no shapes: trace it with fxprune.trace(model, example_inputs)")
+    cx = Context(gm, strict)
+    for node in gm.graph.nodes:
+        cx.node, cx.where = node, describe(node)
+        cx.flows[node] = _visit(cx, node)
+    return _collect(cx)
+
+
+def _collect(cx: Context) -> ChannelGraph:
+    atoms = cx.atoms
+    n = len(atoms)
+    group_of = np.fromiter((atoms.group.find(a) for a in range(n)), np.int64, n)
+    chan_of = np.fromiter((atoms.chan.find(a) for a in range(n)), np.int64, n)
+    # Frozen groups that hold no trainable parameter (coordinate tables and other buffers used
+    # as data) say nothing a user can act on: leave them out.
+    trainable = {name for name, _ in cx.gm.named_parameters()}
+    with_params = {int(group_of[ids[0]]) for _, p, _, ids in cx.members if p in trainable and len(ids)}
+    frozen_roots = {int(group_of[a]) for a in atoms.frozen}
+    group_roots = [r for r in np.unique(group_of).tolist()
+                   if r in with_params or r not in frozen_roots]
+    gid = {r: i for i, r in enumerate(group_roots)}
+    channels: dict[int, dict[int, int]] = defaultdict(dict)  # group id -> chan root -> index
+    for root in np.unique(chan_of).tolist():
+        g = gid.get(int(group_of[root]))
+        if g is not None:
+            channels[g][root] = len(channels[g])
+    frozen: dict[int, str] = {}
+    inexact: dict[int, str] = {}
+    for reasons, into in ((atoms.frozen, frozen), (atoms.inexact, inexact)):
+        for a, reason in sorted(reasons.items()):
+            g = gid.get(int(group_of[a]))
+            if g is not None:
+                into.setdefault(g, reason)
+    coupled: dict[int, list[str]] = defaultdict(list)
+    for a, why in atoms.joins:
+        g = gid.get(int(group_of[a]))
+        if g is not None:
+            coupled[g].append(why.split(" ")[0].strip("%"))
+
+    members: dict[int, list[Member]] = defaultdict(list)
+
+    def add(node: str, param: str | None, dim: int, ids: np.ndarray, output: int | None) -> None:
+        if len(ids) == 0:
+            return
+        gs, cs = group_of[ids], chan_of[ids]
+        for g in np.unique(gs).tolist():
+            g_id = gid.get(g)
+            if g_id is None:
+                continue
+            index = channels[g_id]
+            imap = tuple(index[c] if gg == g else -1 for gg, c in zip(gs.tolist(), cs.tolist()))
+            members[g_id].append(Member(node, param, dim, imap, output))
+
+    for node_name, param, dim, ids in cx.members:
+        add(node_name, param, dim, ids, None)
+    for node, value in cx.flows.items():
+        held = []
+        values = value if isinstance(value, tuple) else (value,)
+        for k, v in enumerate(values):
+            if isinstance(v, Flow):
+                for dim, ids in sorted(v.dims.items()):
+                    add(node.name, None, dim, ids, k if isinstance(value, tuple) else None)
+                    ids_held = {gid[g] for g in group_of[ids].tolist() if g in gid}
+                    if ids_held:
+                        held.append((dim, tuple(sorted(ids_held))))
+        if held:
+            node.meta[GROUPS_KEY] = NodeGroups(tuple(held))
+
+    groups = []
+    for g_id in range(len(group_roots)):
+        count = len(channels[g_id])
+        reason = frozen.get(g_id)
+        if reason is None and count < 2:
+            reason = "a single channel: at least one channel is always kept"
+        groups.append(ChannelGroup(
+            id=g_id,
+            channels=count,
+            prunable=reason is None,
+            reason=reason,
+            exact=g_id not in inexact,
+            inexact_reason=inexact.get(g_id),
+            members=tuple(members[g_id]),
+            coupled_by=tuple(dict.fromkeys(coupled[g_id])),
+        ))
+    graph = cx.gm.graph
+    return ChannelGraph(
+        groups=tuple(groups),
+        node_order=tuple(n.name for n in graph.nodes),
+        edges=tuple((i.name, n.name) for n in graph.nodes for i in n.all_input_nodes),
+        node_ops={n.name: _describe_op(n, cx.gm) for n in graph.nodes},
+    )

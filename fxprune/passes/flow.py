@@ -1,0 +1,319 @@
+"""The channel algebra the dependency analysis is written in.
+
+A *channel atom* is one channel of one producer (a conv's output row, a bare parameter's index).
+`Atoms` keeps two union-finds over atoms: ``chan`` merges atoms that must be removed together
+(the same channel seen from coupled producers), ``group`` merges atoms that live in the same
+index space (made by one producer, or coupled with it). A group of the result is a ``group``
+component; its channels are the ``chan`` components inside it.
+
+A `Flow` says which dims of a tensor carry channels and the atom behind each index along them.
+Dims that carry no channel (batch, space, sequence) are simply absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Channel atoms along the tracked dims of one tensor value (dims are non-negative)."""
+
+    dims: Mapping[int, np.ndarray] = field(default_factory=dict)
+
+    def atoms(self) -> np.ndarray:
+        if not self.dims:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate(list(self.dims.values()))
+
+
+UNTRACKED = Flow()
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def extend(self, parents: Iterable[int]) -> None:
+        self.parent.extend(parents)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        if ra < rb:  # the older atom stays the root, so channel order follows graph order
+            self.parent[rb] = ra
+        else:
+            self.parent[ra] = rb
+        return True
+
+
+class Atoms:
+    """Channel atoms, their couplings, and the reasons that freeze them or make them inexact."""
+
+    def __init__(self) -> None:
+        self.chan = _UnionFind()
+        self.group = _UnionFind()
+        self.frozen: dict[int, str] = {}
+        self.inexact: dict[int, str] = {}
+        self.joins: list[tuple[int, str]] = []  # (atom, node name) where two spaces were coupled
+
+    def __len__(self) -> int:
+        return len(self.chan.parent)
+
+    def fresh(self, n: int) -> np.ndarray:
+        start = len(self)
+        self.chan.extend(range(start, start + n))
+        self.group.extend([start] * n)
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def union(self, a: np.ndarray, b: np.ndarray, why: str) -> None:
+        """Couple atom a[i] with atom b[i] for every i (arrays broadcast)."""
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        pairs = {(int(x), int(y)) for x, y in zip(a.ravel().tolist(), b.ravel().tolist()) if x != y}
+        for x, y in pairs:
+            self.chan.union(x, y)
+            if self.group.union(x, y):
+                self.joins.append((x, why))
+
+    def unite(self, ids: np.ndarray, axis: int, why: str) -> np.ndarray:
+        """Couple the atoms of `ids` along `axis` (they become one channel); returns ids[..0..]."""
+        ids = np.moveaxis(np.asarray(ids), axis, 0)
+        for row in ids[1:]:
+            self.union(ids[0], row, why)
+        return ids[0]
+
+    def freeze(self, ids: np.ndarray, reason: str) -> None:
+        for a in np.unique(np.asarray(ids)).tolist():
+            self.frozen.setdefault(a, reason)
+
+    def mark_inexact(self, ids: np.ndarray, reason: str) -> None:
+        for a in np.unique(np.asarray(ids)).tolist():
+            self.inexact.setdefault(a, reason)
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        find = self.chan.find
+        return np.fromiter((find(a) for a in np.asarray(ids).ravel().tolist()), np.int64)
+
+
+def fit(ids: np.ndarray, size: int) -> np.ndarray:
+    """Atoms for a parameter dim of `size` when the tensor dim repeats them (grouped conv)."""
+    if len(ids) == size:
+        return ids
+    return ids.reshape(-1, size)[0]
+
+
+def elementwise(
+    atoms: Atoms,
+    inputs: Sequence[tuple[Flow, Sequence[int]]],
+    out_shape: Sequence[int],
+    why: str,
+) -> Flow:
+    """Broadcasting elementwise op: channels at the same index of every operand are coupled.
+
+    An operand takes part in a dim when its size there equals the output's (size-1 operands are
+    broadcast). Where one taking part is tracked and another is not, the tracked channels meet
+    something surgery cannot shrink: they are frozen.
+    """
+    ndim = len(out_shape)
+    aligned = []
+    for flow, shape in inputs:
+        pad = ndim - len(shape)
+        aligned.append(({d + pad: ids for d, ids in flow.dims.items()}, [1] * pad + list(shape)))
+    out: dict[int, np.ndarray] = {}
+    for d in range(ndim):
+        taking_part = [(dims, shape) for dims, shape in aligned if shape[d] == out_shape[d]]
+        tracked = [dims[d] for dims, _ in taking_part if d in dims]
+        if not tracked:
+            continue
+        if len(tracked) < len(taking_part):
+            for ids in tracked:
+                atoms.freeze(ids, f"combined with a tensor whose dim {d} carries no channels at {why}")
+            continue
+        for ids in tracked[1:]:
+            atoms.union(tracked[0], ids, why)
+        out[d] = tracked[0]
+    # Operands broadcast along a tracked output dim (size 1 there) keep their own channels,
+    # which are coupled to all of the output's: freeze rather than guess.
+    for dims, shape in aligned:
+        for d, ids in dims.items():
+            if d not in out and shape[d] != out_shape[d]:
+                atoms.freeze(ids, f"broadcast against a larger dim at {why}")
+    return Flow(out)
+
+
+def resize(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequence[int],
+           why: str) -> Flow:
+    """Ops that act on each channel independently (pooling, interpolation, padding, expand):
+    dims keep their channels where the size is unchanged; a tracked dim whose size changes is
+    frozen. Shapes are right-aligned (expand may add leading dims)."""
+    pad = len(out_shape) - len(in_shape)
+    out = {}
+    for d, ids in flow.dims.items():
+        if in_shape[d] == out_shape[d + pad]:
+            out[d + pad] = ids
+        else:
+            atoms.freeze(ids, f"dim {d} changes size from {in_shape[d]} to {out_shape[d + pad]} at {why}")
+    return Flow(out)
+
+
+def permute(flow: Flow, order: Sequence[int]) -> Flow:
+    """Output dim i is input dim order[i]."""
+    where = {src: i for i, src in enumerate(order)}
+    return Flow({where[d]: ids for d, ids in flow.dims.items()})
+
+
+def reduce(atoms: Atoms, flow: Flow, ndim: int, dims: Iterable[int] | None, keepdim: bool,
+           why: str, kind: str = "reduces") -> Flow:
+    """Reductions (mean, sum, softmax, ...) over `dims` (None: all). Reducing over a channel dim
+    mixes channels in a way surgery cannot follow: those channels are frozen."""
+    reduced = set(range(ndim)) if dims is None else {d % ndim for d in dims}
+    for d in reduced & set(flow.dims):
+        atoms.freeze(flow.dims[d], f"{kind} over its channel dim {d} at {why}")
+    if keepdim:
+        return Flow({d: ids for d, ids in flow.dims.items() if d not in reduced})
+    kept = [d for d in range(ndim) if d not in reduced]
+    return Flow({kept.index(d): ids for d, ids in flow.dims.items() if d not in reduced})
+
+
+def _dim_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair contiguous runs of input and output dims with equal products (size-1 dims alone)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(in_shape) or j < len(out_shape):
+        if i < len(in_shape) and in_shape[i] == 1:
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(out_shape) and out_shape[j] == 1:
+            groups.append(([], [j]))
+            j += 1
+            continue
+        ins, outs = [i], [j]
+        p_in, p_out = in_shape[i], out_shape[j]
+        i, j = i + 1, j + 1
+        while p_in != p_out:
+            if p_in < p_out:
+                p_in *= in_shape[i]
+                ins.append(i)
+                i += 1
+            else:
+                p_out *= out_shape[j]
+                outs.append(j)
+                j += 1
+        groups.append((ins, outs))
+    return groups
+
+
+def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequence[int],
+            why: str) -> Flow:
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze.
+
+    Merging a channel dim with others repeats each channel's atom (flatten before a linear).
+    Splitting a channel dim into several (heads, channel shuffle) couples the channels along the
+    outer dims, so the unit that can be removed is the innermost index, the same in every head
+    or shuffle group, and the view stays rectangular after surgery.
+    """
+    out: dict[int, np.ndarray] = {}
+    for ins, outs in _dim_groups(list(in_shape), list(out_shape)):
+        tracked = [d for d in ins if d in flow.dims]
+        if not tracked:
+            continue
+        if not outs or len(tracked) > 1:
+            for d in tracked:
+                atoms.freeze(flow.dims[d], f"reshape merges or drops channel dims at {why}")
+            continue
+        (d,) = tracked
+        sizes = [in_shape[k] for k in ins]
+        grid = np.broadcast_to(
+            flow.dims[d].reshape([s if k == d else 1 for k, s in zip(ins, sizes)]), sizes
+        ).reshape([out_shape[k] for k in outs])
+        roots = atoms.roots(grid).reshape(grid.shape)
+        varying = [a for a in range(grid.ndim) if not (roots == roots.take([0], axis=a)).all()]
+        if not varying:  # a single channel spread over several dims
+            atoms.freeze(grid, f"every channel here is coupled into one (e.g. by repeated channel shuffles) at {why}")
+            continue
+        inner = varying[-1]
+        grid = np.moveaxis(grid, inner, -1).reshape(-1, grid.shape[inner])
+        if len(varying) > 1:
+            atoms.unite(grid, 0, why)
+        out[outs[inner]] = grid[0]
+    return Flow(out)
+
+
+def concat(atoms: Atoms, inputs: Sequence[tuple[Flow, Sequence[int]]], dim: int,
+           out_shape: Sequence[int], why: str) -> Flow:
+    """torch.cat: channels along `dim` are the inputs' in order; other dims are coupled."""
+    along = [flow.dims.get(dim) for flow, _ in inputs]
+    rest = elementwise(
+        atoms,
+        [(Flow({d: ids for d, ids in flow.dims.items() if d != dim}),
+          [1 if d == dim else s for d, s in enumerate(shape)]) for flow, shape in inputs],
+        [1 if d == dim else s for d, s in enumerate(out_shape)],
+        why,
+    )
+    dims = dict(rest.dims)
+    if any(ids is not None for ids in along):
+        if all(ids is not None for ids in along):
+            dims[dim] = np.concatenate(along)
+        else:
+            for ids in along:
+                if ids is not None:
+                    atoms.freeze(ids, f"concatenated with a tensor whose dim {dim} carries no channels at {why}")
+    return Flow(dims)
+
+
+def pieces(flow: Flow, dim: int, sizes: Sequence[int], keep_dim: bool = True) -> tuple[Flow, ...]:
+    """split / chunk along `dim`: each piece gets its slice of the channels."""
+    out = []
+    start = 0
+    for size in sizes:
+        dims = {}
+        for d, ids in flow.dims.items():
+            if d == dim:
+                dims[d] = ids[start:start + size]
+            else:
+                dims[d if keep_dim or d < dim else d - 1] = ids
+        out.append(Flow(dims))
+        start += size
+    return tuple(out)
+
+
+def matmul(atoms: Atoms, a: tuple[Flow, Sequence[int]], b: tuple[Flow, Sequence[int]],
+           out_shape: Sequence[int], why: str) -> Flow:
+    """a @ b: the contracted dims are coupled; rows come from a, columns from b, batch dims
+    broadcast like an elementwise op."""
+    (fa, sa), (fb, sb) = a, b
+    if len(sa) < 2 or len(sb) < 2:  # vector products are rare in vision models: stay safe
+        for flow in (fa, fb):
+            atoms.freeze(flow.atoms(), f"matrix-vector product at {why}")
+        return UNTRACKED
+    ka, kb = fa.dims.get(len(sa) - 1), fb.dims.get(len(sb) - 2)
+    if ka is not None and kb is not None:
+        atoms.union(ka, kb, why)
+    elif ka is not None or kb is not None:
+        atoms.freeze(ka if ka is not None else kb,
+                     f"contracted with a dim that carries no channels at {why}")
+    batch = elementwise(
+        atoms,
+        [(Flow({d: i for d, i in fa.dims.items() if d < len(sa) - 2}), list(sa[:-2])),
+         (Flow({d: i for d, i in fb.dims.items() if d < len(sb) - 2}), list(sb[:-2]))],
+        list(out_shape[:-2]), why,
+    )
+    n = len(out_shape)
+    dims = dict(batch.dims)
+    if len(sa) - 2 in fa.dims:
+        dims[n - 2] = fa.dims[len(sa) - 2]
+    if len(sb) - 1 in fb.dims:
+        dims[n - 1] = fb.dims[len(sb) - 1]
+    return Flow(dims)

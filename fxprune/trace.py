@@ -1,0 +1,215 @@
+"""Trace a model into a GraphModule whose nodes carry shapes.
+
+Invariant established: every node of the returned graph has ``node.meta["tensor_meta"]``
+(shape and dtype, nested for tuple outputs), and call_module nodes for submodules that had to be
+made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why.
+"""
+
+from __future__ import annotations
+
+import linecache
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from fxprune.errors import InputError, TraceError, describe
+
+log = logging.getLogger(__name__)
+
+LEAF_KEY = "fxprune.leaf"
+# Frames inside these directories are fx or nn.Module machinery, never the user's line.
+_SKIP_DIRS = (
+    os.path.dirname(torch.fx.__file__),
+    os.path.dirname(torch.nn.modules.__file__),
+    os.path.dirname(__file__) + os.sep,
+)
+MAX_LEAF_RETRIES = 32
+
+
+@dataclass(frozen=True)
+class LeafReason:
+    """Why a submodule was traced as an opaque leaf (its channels are then frozen)."""
+
+    module: str
+    reason: str
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...]) -> None:
+        super().__init__()
+        self.leaves = set(leaves)
+        self.leaf_types = leaf_types
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def create_node(self, *args: object, **kwargs: object) -> torch.fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if node.op in ("placeholder", "output"):
+            return node  # made by fx itself: no user line to point at
+        # fx's own record_stack_traces costs ~10x the trace; one frame is all errors need.
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
+            frame = frame.f_back
+        if frame is not None:
+            code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            node.stack_trace = (
+                f'File "{frame.f_code.co_filename}", line {frame.f_lineno}, '
+                f"in {frame.f_code.co_name}\n    {code}\n"
+            )
+        return node
+
+
+def _as_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise InputError(
+            "example_inputs must be a tensor or a tuple of tensors, "
+            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
+        )
+    return tuple(inputs)
+
+
+def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, str] | None:
+    """The innermost submodule of `model` whose forward was running when `exc` was raised,
+    and the user's source line there."""
+    names = {id(m): name for name, m in model.named_modules()}
+    found: tuple[str, str] | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            found = (names[id(owner)], f"{frame.f_code.co_filename}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return found
+
+
+def _symbolic_trace(
+    model: torch.nn.Module, leaf_types: tuple[type, ...]
+) -> tuple[torch.fx.GraphModule, dict[str, LeafReason]]:
+    leaves: dict[str, LeafReason] = {}
+    for _ in range(MAX_LEAF_RETRIES):
+        tracer = _Tracer(leaves, leaf_types)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
+            where = _failing_module(model, exc)
+            if where is None or where[0] == "" or where[0] in leaves:
+                line = f" at {where[1]}" if where else ""
+                module = f"module '{where[0] or type(model).__name__}'" if where else "the model"
+                raise TraceError(
+                    f"torch.fx cannot trace {module}{line}: {type(exc).__name__}: {exc}. "
+                    "Rewrite the data-dependent control flow there (e.g. with torch.where), "
+                    "or pass the module's class in leaf_modules=... to treat it as opaque."
+                ) from exc
+            name, line = where
+            reason = f"made a leaf because tracing failed at {line}: {type(exc).__name__}: {exc}"
+            log.info("tracing %s as a leaf: %s", name, reason)
+            leaves[name] = LeafReason(module=name, reason=reason)
+            continue
+        root_name = type(model).__name__
+        return torch.fx.GraphModule(tracer.root, graph, root_name), leaves
+    raise TraceError(f"gave up after making {MAX_LEAF_RETRIES} submodules leaves: {sorted(leaves)}")
+
+
+_SAME_SHAPE_MODULES = (
+    torch.nn.modules.batchnorm._NormBase,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.SiLU,
+    torch.nn.GELU,
+    torch.nn.Hardswish,
+    torch.nn.Hardsigmoid,
+    torch.nn.Sigmoid,
+    torch.nn.Dropout,
+    torch.nn.Identity,
+)
+
+
+class _ShapeProp(torch.fx.Interpreter):
+    """Shape propagation on fake tensors: no real compute, so tracing stays cheap."""
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
+        # Fake batch_norm decomposes into dozens of ops; its output is its input's shape.
+        if isinstance(self.fetch_attr(target), _SAME_SHAPE_MODULES) and not kwargs:
+            (x,) = args
+            return torch.empty_like(x)
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n: torch.fx.Node) -> object:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
+            raise InputError(
+                f"the example inputs do not run through the model: node {describe(n)} failed "
+                f"with {type(exc).__name__}: {exc}. Check the input shape and dtype."
+            ) from exc
+        n.meta["tensor_meta"] = _metadata(result)
+        return result
+
+
+def _metadata(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return _extract_tensor_metadata(value)
+    if isinstance(value, torch.Size):
+        return None
+    if isinstance(value, (tuple, list)):
+        return type(value)(_metadata(v) for v in value)
+    return None
+
+
+def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = tuple(mode.from_tensor(t) for t in inputs)
+    was_training = gm.training
+    gm.eval()  # never update BatchNorm statistics while looking at shapes
+    try:
+        with mode, torch.no_grad():
+            _ShapeProp(gm).run(*fake)
+    finally:
+        gm.train(was_training)
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    leaf_modules: Iterable[type] = (),
+) -> torch.fx.GraphModule:
+    """Symbolically trace `model` and record every node's shape and dtype.
+
+    Submodules whose forward cannot be traced (data-dependent control flow) are retried as
+    leaves; their channels are then frozen, with the reason in ``node.meta["fxprune.leaf"]``.
+    Raises `InputError` for unusable input and `TraceError` when nothing works.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example_inputs)
+    if isinstance(model, torch.fx.GraphModule):
+        gm, leaves = model, {}
+    else:
+        gm, leaves = _symbolic_trace(model, tuple(leaf_modules))
+    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if n_inputs != len(inputs):
+        raise InputError(f"the model's forward takes {n_inputs} inputs, {len(inputs)} were given")
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in leaves:
+            node.meta[LEAF_KEY] = leaves[node.target]
+    propagate_shapes(gm, inputs)
+    return gm
+
+
+__all__ = ["LeafReason", "trace", "propagate_shapes"]

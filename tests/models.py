@@ -1,0 +1,252 @@
+"""Tiny models, one per coupling fxprune must handle; reused across tests.
+
+Each entry of MODELS is (factory, example input shape). Keep every model small.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _cbr(cin: int, cout: int, **kw: object) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False, **kw),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Residual(nn.Module):
+    """stem -> (conv-bn-relu, conv-bn) + identity -> linear: add couples stem and conv b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a = _cbr(3, 8), _cbr(8, 6)
+        self.b = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.b(self.a(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class BroadcastOps(nn.Module):
+    """sub, and mul by a (N, C, 1, 1) tensor: broadcasting keeps the channel coupling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.g = nn.Conv2d(3, 5, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(3, 5, 1)
+        self.head = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.g(x).mean((2, 3), keepdim=True)
+        return self.head((self.a(x) - self.b(x)) * gate)
+
+
+class SqueezeExcite(nn.Module):
+    """conv -> SE (pool, fc, fc, sigmoid) gating -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.out(x * s)
+
+
+class Concat(nn.Module):
+    """cat of two sources, cat([x, x]) and a nested cat, each read by a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1), nn.Conv2d(3, 3, 1)
+        self.ab, self.aa = nn.Conv2d(10, 2, 1), nn.Conv2d(8, 2, 1)
+        self.nested = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.a(x), self.b(x), self.c(x)
+        return (self.ab(torch.cat([a, b], 1)) + self.aa(torch.cat([a, a], dim=1))
+                + self.nested(torch.cat([torch.cat([c, a], 1), c, b], 1)))
+
+
+class Split(nn.Module):
+    """split, chunk, unbind over a non-channel dim, and channel slicing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 1)
+        self.p, self.q, self.r = nn.Conv2d(5, 2, 1), nn.Conv2d(7, 2, 1), nn.Conv2d(6, 2, 1)
+        self.s = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        p, q = torch.split(y, [5, 7], dim=1)
+        r1, _ = y.chunk(2, dim=1)
+        rows = torch.stack(y.unbind(2), 2)
+        return self.p(p) + self.q(q) + self.r(r1) + self.s(rows[:, 2:6])
+
+
+class FlattenLinear(nn.Module):
+    """conv -> flatten with spatial size 2x2 -> linear: each channel owns 4 columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 3, 3), nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt-style block: depthwise conv, permute, LayerNorm, MLP, layer scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm, self.up, self.down = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.scale, self.head = nn.Parameter(torch.ones(8)), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.down(F.gelu(self.up(self.norm(y)))) * self.scale
+        return self.head(x + y.permute(0, 3, 1, 2))
+
+
+class GroupedConv(nn.Module):
+    """grouped conv (groups=4), depthwise with multiplier 2, and a one-channel conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.g = nn.Conv2d(8, 12, 3, groups=4)
+        self.dw = nn.Conv2d(12, 24, 3, groups=12)
+        self.one, self.head = nn.Conv2d(24, 1, 1), nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.one(self.dw(self.g(self.a(x)))))
+
+
+class ConvNd(nn.Module):
+    """conv1d, conv3d and a transposed conv with groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c3 = nn.Conv1d(3, 4, 3), nn.Conv3d(4, 6, 1)
+        self.t = nn.ConvTranspose2d(6, 4, 2, stride=2, groups=2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, 18)
+        y = self.c1(x).view(x.shape[0], 4, 2, 2, 4)
+        z = self.c3(y).flatten(2, 3)
+        return self.head(self.t(z))
+
+
+class Norms(nn.Module):
+    """GroupNorm (whole norm groups), InstanceNorm, PReLU, pixel shuffle, interpolate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.gn = nn.Conv2d(3, 8, 1), nn.GroupNorm(4, 8)
+        self.b, self.inorm = nn.Conv2d(8, 8, 1), nn.InstanceNorm2d(8, affine=True)
+        self.act, self.ps = nn.PReLU(8), nn.PixelShuffle(2)
+        self.head = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.inorm(self.b(self.gn(self.a(x)))))
+        return self.head(F.interpolate(self.ps(y), scale_factor=0.5))
+
+
+class Tokens(nn.Module):
+    """Embedding, cls token, position embedding, nn.MultiheadAttention and a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.cls, self.pos = nn.Parameter(torch.zeros(1, 1, 8)), nn.Parameter(torch.zeros(1, 5, 8))
+        self.attn, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(x[:, 0])
+
+
+class HandAttention(nn.Module):
+    """Hand-written attention that reshapes into heads with view/transpose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = 2, nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, L, 8)
+        n, length, c = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return x + self.proj((attn @ v).transpose(1, 2).reshape(n, length, c))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle: view, transpose, view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(y)
+
+
+def _opaque(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(0) * 2
+
+
+torch.fx.wrap("_opaque")
+
+
+class Frozen(nn.Module):
+    """Channels that meet a mean or softmax over channels, or an unknown function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.free, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x).mean(1, keepdim=True)
+        b = self.b(x).softmax(dim=1)
+        return self.head(F.relu(self.free(x)) + b + _opaque(self.c(x))) + a
+
+
+MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
+    "residual": (Residual, (2, 3, 6, 6), torch.float32),
+    "broadcast": (BroadcastOps, (2, 3, 4, 4), torch.float32),
+    "squeeze_excite": (SqueezeExcite, (2, 3, 6, 6), torch.float32),
+    "concat": (Concat, (2, 3, 4, 4), torch.float32),
+    "split": (Split, (2, 3, 4, 4), torch.float32),
+    "flatten_linear": (FlattenLinear, (2, 3, 4, 4), torch.float32),
+    "channels_last": (ChannelsLast, (2, 3, 5, 5), torch.float32),
+    "grouped_conv": (GroupedConv, (2, 3, 7, 7), torch.float32),
+    "conv_nd": (ConvNd, (2, 3, 18), torch.float32),
+    "norms": (Norms, (2, 3, 4, 4), torch.float32),
+    "tokens": (Tokens, (2, 4), torch.int64),
+    "hand_attention": (HandAttention, (2, 5, 8), torch.float32),
+    "shuffle": (Shuffle, (2, 3, 4, 4), torch.float32),
+    "frozen": (Frozen, (2, 3, 4, 4), torch.float32),
+}
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The model `name`, seeded, in eval mode, with a matching example input."""
+    cls, shape, dtype = MODELS[name]
+    torch.manual_seed(0)
+    model = cls().eval()
+    x = torch.randint(0, 10, shape) if dtype == torch.int64 else torch.randn(shape)
+    return model, x

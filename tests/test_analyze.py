@@ -1,0 +1,212 @@
+"""Dependency analysis on one tiny model per coupling, expected groups written out literally."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import group_with, member, summary
+from models import build
+
+import fxprune
+
+P, F, EXACT, INEXACT = True, False, True, False
+
+
+def S(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+def _bn(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{p}:0" for p in ("weight", "bias", "running_mean", "running_var"))
+
+
+EXPECTED = {
+    "residual": {
+        S("stem.0.weight:0", *_bn("stem.1"), "a.0.weight:1", "b.0.weight:0", "b.0.bias:0",
+          *_bn("b.1"), "fc.weight:1"): (8, P, EXACT),
+        S("a.0.weight:0", *_bn("a.1"), "b.0.weight:1"): (6, P, EXACT),
+        S("fc.weight:0", "fc.bias:0"): (4, F, EXACT),
+    },
+    "broadcast": {
+        S("a.weight:0", "a.bias:0", "b.weight:0", "b.bias:0", "g.weight:0", "g.bias:0",
+          "head.weight:1"): (5, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "squeeze_excite": {
+        S("conv.weight:0", "conv.bias:0", "fc1.weight:1", "fc2.weight:0", "fc2.bias:0",
+          "out.weight:1"): (8, P, EXACT),
+        S("fc1.weight:0", "fc1.bias:0", "fc2.weight:1"): (4, P, EXACT),
+        S("out.weight:0", "out.bias:0"): (2, F, EXACT),
+    },
+    "concat": {
+        S("a.weight:0", "a.bias:0", "aa.weight:1", "ab.weight:1", "nested.weight:1"): (4, P, EXACT),
+        S("b.weight:0", "b.bias:0", "ab.weight:1", "nested.weight:1"): (6, P, EXACT),
+        S("c.weight:0", "c.bias:0", "nested.weight:1"): (3, P, EXACT),
+        S("aa.weight:0", "aa.bias:0", "ab.weight:0", "ab.bias:0", "nested.weight:0",
+          "nested.bias:0"): (2, F, EXACT),
+    },
+    "split": {
+        S("conv.weight:0", "conv.bias:0", "p.weight:1", "q.weight:1", "r.weight:1",
+          "s.weight:1"): (12, P, EXACT),
+        S("p.weight:0", "p.bias:0", "q.weight:0", "q.bias:0", "r.weight:0", "r.bias:0",
+          "s.weight:0", "s.bias:0"): (2, F, EXACT),
+    },
+    "flatten_linear": {
+        S("conv.weight:0", "conv.bias:0", "fc.weight:1"): (3, P, EXACT),
+        S("fc.weight:0", "fc.bias:0"): (5, F, EXACT),
+    },
+    "channels_last": {
+        S("stem.weight:0", "stem.bias:0", "dw.weight:0", "dw.bias:0", "norm.weight:0",
+          "norm.bias:0", "up.weight:1", "down.weight:0", "down.bias:0", "scale:0",
+          "head.weight:1"): (8, P, INEXACT),
+        S("up.weight:0", "up.bias:0", "down.weight:1"): (16, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "grouped_conv": {
+        S("a.weight:0", "a.bias:0", "g.weight:1"): (2, P, EXACT),
+        S("g.weight:0", "g.bias:0", "dw.weight:0", "dw.bias:0", "one.weight:1"): (3, P, EXACT),
+        S("one.weight:0", "one.bias:0", "head.weight:1"): (1, F, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "conv_nd": {
+        S("c1.weight:0", "c1.bias:0", "c3.weight:1"): (4, P, EXACT),
+        S("c3.weight:0", "c3.bias:0", "t.weight:0"): (3, P, EXACT),
+        S("t.weight:1", "t.bias:0", "head.weight:1"): (2, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "norms": {
+        S("a.weight:0", "a.bias:0", "gn.weight:0", "gn.bias:0", "b.weight:1"): (4, P, EXACT),
+        S("b.weight:0", "b.bias:0", "inorm.weight:0", "inorm.bias:0", "act.weight:0",
+          "head.weight:1"): (2, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "tokens": {
+        S("emb.weight:1", "cls:2", "pos:2", "attn.in_proj_weight:1", "attn.out_proj.weight:0",
+          "attn.out_proj.bias:0", "head.weight:1"): (8, P, EXACT),
+        S("pos:1"): (5, F, EXACT),
+        S("attn.in_proj_weight:0", "attn.in_proj_bias:0"): (4, P, EXACT),
+        S("attn.in_proj_weight:0", "attn.in_proj_bias:0", "attn.out_proj.weight:1"): (4, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (3, F, EXACT),
+    },
+    "hand_attention": {
+        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (4, P, EXACT),
+        S("proj.weight:0", "proj.bias:0"): (8, F, EXACT),
+    },
+    "shuffle": {
+        S("a.weight:0", "a.bias:0", "b.weight:0", "b.bias:0", "head.weight:1"): (4, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "frozen": {
+        S("a.weight:0", "a.bias:0"): (4, F, EXACT),
+        S("b.weight:0", "b.bias:0"): (4, F, EXACT),
+        S("free.weight:0", "free.bias:0"): (4, F, EXACT),
+        S("c.weight:0", "c.bias:0"): (4, F, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+}
+
+
+def analyze(name: str) -> fxprune.ChannelGraph:
+    model, x = build(name)
+    return fxprune.analyze(fxprune.trace(model, x))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_groups(name: str) -> None:
+    assert summary(analyze(name)) == EXPECTED[name]
+
+
+def test_cat_of_the_same_tensor_maps_both_halves_to_its_channels() -> None:
+    graph = analyze("concat")
+    a = group_with(graph, "a.weight", 0)
+    assert member(a, "aa.weight", 1).index_map == (0, 1, 2, 3, 0, 1, 2, 3)
+    # nested cat([cat([c, a]), c, b]): a sits at columns 3..6, other groups are -1 there
+    assert member(a, "nested.weight", 1).index_map == (-1,) * 3 + (0, 1, 2, 3) + (-1,) * 9
+    c = group_with(graph, "c.weight", 0)
+    assert member(c, "nested.weight", 1).index_map == (0, 1, 2) + (-1,) * 4 + (0, 1, 2) + (-1,) * 6
+
+
+def test_split_chunk_and_slices_take_their_share_of_channels() -> None:
+    g = group_with(analyze("split"), "conv.weight", 0)
+    assert member(g, "p.weight", 1).index_map == (0, 1, 2, 3, 4)
+    assert member(g, "q.weight", 1).index_map == tuple(range(5, 12))
+    assert member(g, "r.weight", 1).index_map == tuple(range(6))
+    assert member(g, "s.weight", 1).index_map == (2, 3, 4, 5)
+
+
+def test_flatten_gives_each_channel_its_spatial_columns() -> None:
+    g = group_with(analyze("flatten_linear"), "conv.weight", 0)
+    assert member(g, "fc.weight", 1).index_map == (0,) * 4 + (1,) * 4 + (2,) * 4
+
+
+def test_grouped_and_depthwise_conv_keep_groups_uniform() -> None:
+    graph = analyze("grouped_conv")
+    # groups=4 over 8 inputs: unit j is input j of every conv group
+    assert member(group_with(graph, "a.weight", 0), "a.weight", 0).index_map == (0, 1) * 4
+    g = group_with(graph, "g.weight", 0)
+    assert member(g, "g.weight", 0).index_map == (0, 1, 2) * 4
+    # depthwise with multiplier 2: both outputs of input channel i follow it
+    assert member(g, "dw.weight", 0).index_map == tuple(c for c in (0, 1, 2) * 4 for _ in (0, 1))
+
+
+def test_heads_are_pruned_by_head_dimension_in_every_head() -> None:
+    g = group_with(analyze("hand_attention"), "qkv.weight", 0)
+    # qkv rows: (q|k|v) x 2 heads x 4 dims; unit j is dim j of every head of q, k and v
+    assert member(g, "qkv.weight", 0).index_map == (0, 1, 2, 3) * 6
+    assert member(g, "proj.weight", 1).index_map == (0, 1, 2, 3) * 2
+
+
+def test_channel_shuffle_couples_the_same_index_of_each_shuffle_group() -> None:
+    g = group_with(analyze("shuffle"), "a.weight", 0)
+    assert member(g, "b.weight", 0).index_map == (0, 1, 2, 3)
+    assert member(g, "head.weight", 1).index_map == (0, 0, 1, 1, 2, 2, 3, 3)
+
+
+def test_groupnorm_and_pixel_shuffle_remove_whole_units() -> None:
+    graph = analyze("norms")
+    assert member(group_with(graph, "a.weight", 0), "gn.weight", 0).index_map == (0, 0, 1, 1, 2, 2, 3, 3)
+    assert member(group_with(graph, "b.weight", 0), "b.weight", 0).index_map == (0,) * 4 + (1,) * 4
+
+
+@pytest.mark.parametrize(
+    ("param", "reason"),
+    [
+        ("a.weight", "reduces over its channel dim 1 at %mean"),
+        ("b.weight", "normalises over its channel dim 1 at %softmax"),
+        ("c.weight", "unknown op _opaque"),
+        ("head.weight", "reaches the model output"),
+    ],
+)
+def test_frozen_groups_say_why_and_where(param: str, reason: str) -> None:
+    g = group_with(analyze("frozen"), param, 0)
+    assert not g.prunable
+    assert reason in g.reason
+    if "output" not in reason:
+        assert "models.py" in g.reason  # the user's source line
+
+
+def test_layernorm_makes_its_group_inexact_with_a_reason() -> None:
+    g = group_with(analyze("channels_last"), "stem.weight", 0)
+    assert g.prunable and not g.exact
+    assert "LayerNorm" in g.inexact_reason
+
+
+def test_unknown_ops_raise_in_strict_mode() -> None:
+    model, x = build("frozen")
+    with pytest.raises(fxprune.AnalysisError, match="_opaque"):
+        fxprune.analyze(fxprune.trace(model, x), strict=True)
+
+
+def test_coupling_nodes_are_recorded() -> None:
+    g = group_with(analyze("residual"), "stem.0.weight", 0)
+    assert g.coupled_by == ("add",)
+
+
+def test_graph_is_annotated_and_left_unchanged() -> None:
+    model, x = build("residual")
+    gm = fxprune.trace(model, x)
+    code = gm.code
+    graph = fxprune.analyze(gm)
+    assert gm.code == code
+    node = next(n for n in gm.graph.nodes if n.name == "add")
+    held = node.meta["fxprune.groups"].dims
+    assert held == ((1, (group_with(graph, "stem.0.weight", 0).id,)),)
