@@ -22,10 +22,18 @@ class Member:
     dim: int
     index_map: tuple[int, ...]
     output: int | None = None  # which element of a tuple-valued node, if any
+    role: str = "out"  # "out": holds the channels; "in": reads them (a consumer's columns)
 
     @property
     def kind(self) -> str:
         return "tensor" if self.param is None else "param"
+
+    @property
+    def owner(self) -> str:
+        """The module (or bare parameter) the slice belongs to."""
+        if self.param is None:
+            return self.node
+        return self.param.rsplit(".", 1)[0] if "." in self.param else self.param
 
 
 @dataclass(frozen=True)

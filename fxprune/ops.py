@@ -495,7 +495,9 @@ MODULES: dict[type, Op] = {
     nn.LayerNorm: Op(flow=_layernorm, catalyst_after=True),
     nn.PReLU: Op(flow=_prelu, catalyst_after=True),
     nn.Embedding: Op(flow=_embedding, out_params={"weight": 1}),
-    nn.MultiheadAttention: Op(flow=_multihead_attention),
+    nn.MultiheadAttention: Op(flow=_multihead_attention, in_params={
+        "in_proj_weight": 1, "q_proj_weight": 1, "k_proj_weight": 1, "v_proj_weight": 1,
+        "out_proj.weight": 1}),
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                      nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
                      nn.Softplus, nn.Softsign, nn.LogSigmoid), ACTIVATION),

@@ -152,9 +152,10 @@ class _ShapeProp(torch.fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
+            first_line = str(exc).strip().split("\n")[0]
             raise InputError(
                 f"the example inputs do not run through the model: node {describe(n)} failed "
-                f"with {type(exc).__name__}: {exc}. Check the input shape and dtype."
+                f"with {type(exc).__name__}: {first_line}. Check the input shape and dtype."
             ) from exc
         n.meta["tensor_meta"] = _metadata(result)
         return result
@@ -171,14 +172,23 @@ def _metadata(value: object) -> object:
 
 
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    fake = tuple(mode.from_tensor(t) for t in inputs)
+    """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`.
+
+    Leaf modules that branch on data cannot run on fake tensors; then the graph runs once on
+    the real inputs instead.
+    """
     was_training = gm.training
     gm.eval()  # never update BatchNorm statistics while looking at shapes
     try:
-        with mode, torch.no_grad():
-            _ShapeProp(gm).run(*fake)
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fake = tuple(mode.from_tensor(t) for t in inputs)
+        try:
+            with mode, torch.no_grad():
+                _ShapeProp(gm).run(*fake)
+        except InputError:
+            log.info("fake shape propagation failed; running the model once on the real inputs")
+            with torch.no_grad():
+                _ShapeProp(gm).run(*inputs)
     finally:
         gm.train(was_training)
 

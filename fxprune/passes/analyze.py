@@ -45,7 +45,8 @@ class Context:
         self.atoms = Atoms()
         self.flows: dict[torch.fx.Node, object] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
-        self.members: list[tuple[str, str, int, np.ndarray]] = []
+        self.members: list[tuple[str, str, int, np.ndarray, str]] = []
+        self.entry: ops.Op | None = None
         self.node: torch.fx.Node
         self.where = ""
 
@@ -99,15 +100,16 @@ class Context:
     def member(self, param: str, dim: int, ids: np.ndarray) -> None:
         """Record that `param` (of the current module) is sliced along `dim` by `ids`."""
         qualified = f"{self.node.target}.{param}" if self.node.op == "call_module" else param
-        self._param(self.node.name, qualified, dim, ids)
+        role = "in" if self.entry is not None and self.entry.in_params.get(param) == dim else "out"
+        self._param(self.node.name, qualified, dim, ids, role)
 
-    def _param(self, node: str, qualified: str, dim: int, ids: np.ndarray) -> None:
+    def _param(self, node: str, qualified: str, dim: int, ids: np.ndarray, role: str) -> None:
         key = (qualified, dim)
         if key in self.params:  # shared or tied parameter: both uses are one channel space
             self.atoms.union(self.params[key], ids, self.where)
         else:
             self.params[key] = ids
-        self.members.append((node, qualified, dim, ids))
+        self.members.append((node, qualified, dim, ids, role))
 
     def freeze_all(self, value: object, reason: str) -> None:
         if isinstance(value, Flow):
@@ -171,7 +173,7 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         for d, size in enumerate(value.shape):
             if size > 1:
                 dims[d] = cx.atoms.fresh(size)
-                cx._param(node.name, node.target, d, dims[d])
+                cx._param(node.name, node.target, d, dims[d], "out")
         return Flow(dims)
     if meta is None:  # sizes, dtypes and other non-tensor values carry no channels
         return None
@@ -183,6 +185,7 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
             return cx.unknown(f"submodule '{leaf.module}' {leaf.reason}")
         name = type(module).__name__ if module is not None else _describe_op(node, cx.gm)
         return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
+    cx.entry = entry
     return entry.flow(cx, entry)
 
 
@@ -205,7 +208,7 @@ def analyze(gm: torch.fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
         raise InputError("the graph has no shapes: trace it with fxprune.trace(model, example_inputs)")
     cx = Context(gm, strict)
     for node in gm.graph.nodes:
-        cx.node, cx.where = node, describe(node)
+        cx.node, cx.where, cx.entry = node, describe(node), None
         cx.flows[node] = _visit(cx, node)
     return _collect(cx)
 
@@ -218,7 +221,8 @@ def _collect(cx: Context) -> ChannelGraph:
     # Frozen groups that hold no trainable parameter (coordinate tables and other buffers used
     # as data) say nothing a user can act on: leave them out.
     trainable = {name for name, _ in cx.gm.named_parameters()}
-    with_params = {int(group_of[ids[0]]) for _, p, _, ids in cx.members if p in trainable and len(ids)}
+    with_params = {int(group_of[ids[0]]) for _, p, _, ids, _ in cx.members
+                   if p in trainable and len(ids)}
     frozen_roots = {int(group_of[a]) for a in atoms.frozen}
     group_roots = [r for r in np.unique(group_of).tolist()
                    if r in with_params or r not in frozen_roots]
@@ -243,7 +247,8 @@ def _collect(cx: Context) -> ChannelGraph:
 
     members: dict[int, list[Member]] = defaultdict(list)
 
-    def add(node: str, param: str | None, dim: int, ids: np.ndarray, output: int | None) -> None:
+    def add(node: str, param: str | None, dim: int, ids: np.ndarray, output: int | None,
+            role: str = "out") -> None:
         if len(ids) == 0:
             return
         gs, cs = group_of[ids], chan_of[ids]
@@ -253,10 +258,10 @@ def _collect(cx: Context) -> ChannelGraph:
                 continue
             index = channels[g_id]
             imap = tuple(index[c] if gg == g else -1 for gg, c in zip(gs.tolist(), cs.tolist()))
-            members[g_id].append(Member(node, param, dim, imap, output))
+            members[g_id].append(Member(node, param, dim, imap, output, role))
 
-    for node_name, param, dim, ids in cx.members:
-        add(node_name, param, dim, ids, None)
+    for node_name, param, dim, ids, role in cx.members:
+        add(node_name, param, dim, ids, None, role)
     for node, value in cx.flows.items():
         held = []
         values = value if isinstance(value, tuple) else (value,)

@@ -1,0 +1,105 @@
+"""fxprune: find coupled channel groups of a model (and, as the pipeline grows, prune it).
+
+The library never prints; this module does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from fxprune import atomic
+from fxprune.errors import FxPruneError
+from fxprune.graph import ChannelGraph, ChannelGroup
+from fxprune.models import default_shape, example_input, load_model, parse_shape
+from fxprune.passes.analyze import analyze
+from fxprune.trace import trace
+
+
+def _members(group: ChannelGroup, width: int = 64) -> str:
+    names = list(dict.fromkeys(m.owner + (" (in)" if m.role == "in" else "") for m in group.params))
+    text, shown = "", 0
+    for name in names:
+        if len(text) + len(name) + 2 > width:
+            break
+        text, shown = f"{text}, {name}" if text else name, shown + 1
+    return text + (f" (+{len(names) - shown} more)" if shown < len(names) else "")
+
+
+def format_table(graph: ChannelGraph) -> str:
+    """A plain-text table of the groups: id, channels, state, members."""
+    rows = [("id", "channels", "state", "members")]
+    for g in graph.groups:
+        state = "prunable" if g.prunable else "frozen"
+        if g.prunable and not g.exact:
+            state += " (inexact)"
+        rows.append((str(g.id), str(g.channels), state, _members(g)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [" | ".join(r[i].ljust(widths[i]) for i in range(3)) + " | " + r[3] for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths) + "-+-" + "-" * 20)
+    frozen = [g for g in graph.groups if not g.prunable]
+    if frozen:
+        lines += ["", "why frozen:"]
+        lines += [f"  group {g.id}: {g.reason}" for g in frozen]
+    inexact = [g for g in graph.groups if g.prunable and not g.exact]
+    if inexact:
+        lines += ["", "inexact (zeroing a channel is not the same as removing it):"]
+        lines += [f"  group {g.id}: {g.inexact_reason}" for g in inexact]
+    prunable = graph.prunable
+    lines += ["", f"{len(graph.groups)} groups, {len(prunable)} prunable, "
+                  f"{sum(g.channels for g in prunable)} prunable channels"]
+    return "\n".join(lines)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model)
+    model = load_model(args.model)
+    start = time.perf_counter()
+    gm = trace(model, example_input(shape, args.input_dtype))
+    graph = analyze(gm, strict=args.strict)
+    elapsed = time.perf_counter() - start
+    print(format_table(graph))
+    print(f"traced and analysed {args.model} at input {shape} in {elapsed * 1000:.0f} ms")
+    if args.json:
+        print(f"wrote {atomic.write_text(args.json, graph.to_json(indent=1))}")
+    if args.dot:
+        print(f"wrote {atomic.write_text(args.dot, graph.to_dot())}")
+    if args.html:
+        from fxprune.export.html import render_html
+
+        page = render_html(graph, title=f"fxprune: channel groups of {args.model}")
+        print(f"wrote {atomic.write_text(args.html, page)} (open it in a browser)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxprune", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="show the coupled channel groups of a model")
+    p.add_argument("model", help="torchvision:NAME or path/to/file.py:factory")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--input-dtype", default="float32", choices=["float32", "float64", "int64"])
+    p.add_argument("--strict", action="store_true", help="fail on ops fxprune does not know")
+    p.add_argument("--json", help="write the groups as JSON")
+    p.add_argument("--dot", help="write the graph as Graphviz dot")
+    p.add_argument("--html", help="write a self-contained HTML page drawing the groups")
+    p.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except FxPruneError as exc:
+        print(f"fxprune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Resolve the MODEL argument of the command line: `torchvision:NAME` or `file.py:factory`."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fxprune.errors import InputError
+
+# Inception v3 is defined for 299x299 inputs; every other torchvision classifier for 224.
+_DEFAULT_SIZE = {"inception_v3": 299}
+
+
+def load_model(spec: str) -> nn.Module:
+    """Build the model a spec names, in eval mode, with random weights (nothing downloaded)."""
+    kind, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise InputError(
+            f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50) "
+            "or path/to/file.py:factory"
+        )
+    if kind == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            close = [k for k in known if name.split("_")[0] in k][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise InputError(f"torchvision has no classification model '{name}'{hint}")
+        return torchvision.models.get_model(name).eval()
+    path = Path(kind)
+    if path.suffix != ".py" or not path.is_file():
+        raise InputError(f"model file '{kind}' not found: give an existing .py file, as file.py:factory")
+    module_spec = importlib.util.spec_from_file_location(f"_fxprune_user_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None  # a .py file always has one
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # so fx can find the classes' globals
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - report any import failure in the user's file
+        raise InputError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise InputError(f"{path} defines no callable '{name}'")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{path}:{name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def default_shape(spec: str) -> tuple[int, ...]:
+    name = spec.partition(":")[2]
+    size = _DEFAULT_SIZE.get(name, 224)
+    return (1, 3, size, size)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise InputError(f"cannot read input shape '{text}': write it like 1,3,224,224")
+    return shape
+
+
+def example_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    if dtype == "int64":
+        return torch.zeros(shape, dtype=torch.int64)
+    return torch.randn(shape, dtype=getattr(torch, dtype))
