@@ -159,8 +159,15 @@ def _node(name: str, op: str, groups: list[int], at: Point) -> str:
 
 
 def _short(text: str, limit: int = LABEL_CHARS) -> str:
-    """Long names would overflow the fixed-width boxes; the tooltip keeps the full text."""
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    """Long names would overflow the fixed-width boxes; the tooltip keeps the full text.
+
+    The cut is in the middle: fx names like ``features_denseblock1_denselayer1_conv1`` differ
+    mostly at the end, so the tail is the part worth keeping.
+    """
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1):]
 
 
 def _group_item(group: ChannelGroup) -> str:
@@ -225,7 +232,8 @@ aside { width: 340px; flex: none; display: flex; flex-direction: column; min-hei
 #details { flex: 1 1 50%; overflow: auto; padding: 8px 12px; border-top: 1px solid #ddd; }
 #details h2 { font-size: 15px; margin: 0 0 4px; }
 #details h3 { font-size: 13px; margin: 10px 0 2px; }
-#details ul { margin: 0; padding-left: 18px; font-family: ui-monospace, monospace; font-size: 12px; }
+#details ul { margin: 0; padding-left: 18px; font-family: ui-monospace, monospace; font-size: 12px;
+              overflow-wrap: anywhere; }
 #details .hint { color: #888; }
 #graph { flex: 1; overflow: auto; }
 li.group { padding: 2px 10px; cursor: pointer; display: flex; gap: 6px; align-items: center; }
