@@ -13,16 +13,28 @@ import networkx as nx
 class Member:
     """One place a group's channels live: a parameter slice or a node's output dim.
 
-    ``index_map[i]`` is the group channel held at index i along ``dim`` of the parameter (or of
-    the node's output), or -1 where that index belongs to another group.
+    Along ``dim`` (of length ``length``), index ``positions[k]`` holds group channel
+    ``channels[k]``; the other indices belong to other groups. ``index_map`` spells it out.
     """
 
     node: str
     param: str | None  # qualified parameter/buffer name, None for a node's output tensor
     dim: int
-    index_map: tuple[int, ...]
+    length: int
+    positions: tuple[int, ...]
+    channels: tuple[int, ...]
     output: int | None = None  # which element of a tuple-valued node, if any
-    role: str = "out"  # "out": holds the channels; "in": reads them (a consumer's columns)
+    # "out": holds the channels; "in": reads them (a consumer's columns); "bare": a parameter
+    # used directly in the graph (cls token, position embedding, layer scale)
+    role: str = "out"
+
+    @property
+    def index_map(self) -> tuple[int, ...]:
+        """The group channel at each index along ``dim``, or -1 where another group's is."""
+        full = [-1] * self.length
+        for p, c in zip(self.positions, self.channels):
+            full[p] = c
+        return tuple(full)
 
     @property
     def kind(self) -> str:
@@ -33,7 +45,9 @@ class Member:
         """The module (or bare parameter) the slice belongs to."""
         if self.param is None:
             return self.node
-        return self.param.rsplit(".", 1)[0] if "." in self.param else self.param
+        if self.role == "bare" or "." not in self.param:
+            return self.param
+        return self.param.rsplit(".", 1)[0]
 
 
 @dataclass(frozen=True)

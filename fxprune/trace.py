@@ -138,14 +138,35 @@ _SAME_SHAPE_MODULES = (
 )
 
 
+def _known_shape(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
+    """The output shape of common modules from their attributes, or None to run them."""
+    if isinstance(module, _SAME_SHAPE_MODULES):
+        return tuple(x.shape)
+    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d):
+        n = module.weight.dim() - 2
+        if isinstance(module.padding, str) or x.dim() != n + 2 or x.shape[1] != module.in_channels:
+            return None  # 'same' padding or a bad input: let the real kernel decide or complain
+        spatial = [
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(x.shape[2:], module.padding, module.dilation,
+                                        module.kernel_size, module.stride)
+        ]
+        if min(spatial) <= 0:
+            return None
+        return (x.shape[0], module.out_channels, *spatial)
+    return None
+
+
 class _ShapeProp(torch.fx.Interpreter):
     """Shape propagation on fake tensors: no real compute, so tracing stays cheap."""
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
-        # Fake batch_norm decomposes into dozens of ops; its output is its input's shape.
-        if isinstance(self.fetch_attr(target), _SAME_SHAPE_MODULES) and not kwargs:
-            (x,) = args
-            return torch.empty_like(x)
+        module = self.fetch_attr(target)
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            # Fake kernels of these modules cost far more than the arithmetic of their shapes.
+            shape = _known_shape(module, args[0])
+            if shape is not None:
+                return args[0].new_empty(shape)
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: torch.fx.Node) -> object:

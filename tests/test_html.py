@@ -117,7 +117,8 @@ def test_layers_run_top_to_bottom() -> None:
 
 
 def test_node_name_cannot_break_out_of_the_script_tag() -> None:
-    member = Member(node=EVIL, param=f"{EVIL}.weight", dim=0, index_map=(0, 1))
+    member = Member(node=EVIL, param=f"{EVIL}.weight", dim=0, length=2, positions=(0, 1),
+                    channels=(0, 1))
     group = ChannelGroup(id=0, channels=2, prunable=False, reason=EVIL, exact=False,
                          inexact_reason=EVIL, members=(member,), coupled_by=(EVIL,))
     graph = ChannelGraph(groups=(group,), node_order=("x", EVIL), edges=(("x", EVIL),),

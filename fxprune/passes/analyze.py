@@ -173,7 +173,7 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         for d, size in enumerate(value.shape):
             if size > 1:
                 dims[d] = cx.atoms.fresh(size)
-                cx._param(node.name, node.target, d, dims[d], "out")
+                cx._param(node.name, node.target, d, dims[d], "bare")
         return Flow(dims)
     if meta is None:  # sizes, dtypes and other non-tensor values carry no channels
         return None
@@ -216,8 +216,7 @@ def analyze(gm: torch.fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
 def _collect(cx: Context) -> ChannelGraph:
     atoms = cx.atoms
     n = len(atoms)
-    group_of = np.fromiter((atoms.group.find(a) for a in range(n)), np.int64, n)
-    chan_of = np.fromiter((atoms.chan.find(a) for a in range(n)), np.int64, n)
+    group_of, chan_of = atoms.group.all_roots(), atoms.chan.all_roots()
     # Frozen groups that hold no trainable parameter (coordinate tables and other buffers used
     # as data) say nothing a user can act on: leave them out.
     trainable = {name for name, _ in cx.gm.named_parameters()}
@@ -227,11 +226,13 @@ def _collect(cx: Context) -> ChannelGraph:
     group_roots = [r for r in np.unique(group_of).tolist()
                    if r in with_params or r not in frozen_roots]
     gid = {r: i for i, r in enumerate(group_roots)}
-    channels: dict[int, dict[int, int]] = defaultdict(dict)  # group id -> chan root -> index
+    # local[c] = index of channel root c within its group (roots sort in graph order)
+    local = np.full(n, -1, dtype=np.int64)
+    counts: dict[int, int] = defaultdict(int)
     for root in np.unique(chan_of).tolist():
-        g = gid.get(int(group_of[root]))
-        if g is not None:
-            channels[g][root] = len(channels[g])
+        g = int(group_of[root])
+        local[root] = counts[g]
+        counts[g] += 1
     frozen: dict[int, str] = {}
     inexact: dict[int, str] = {}
     for reasons, into in ((atoms.frozen, frozen), (atoms.inexact, inexact)):
@@ -251,14 +252,13 @@ def _collect(cx: Context) -> ChannelGraph:
             role: str = "out") -> None:
         if len(ids) == 0:
             return
-        gs, cs = group_of[ids], chan_of[ids]
+        gs, cs = group_of[ids], local[chan_of[ids]]
         for g in np.unique(gs).tolist():
             g_id = gid.get(g)
-            if g_id is None:
-                continue
-            index = channels[g_id]
-            imap = tuple(index[c] if gg == g else -1 for gg, c in zip(gs.tolist(), cs.tolist()))
-            members[g_id].append(Member(node, param, dim, imap, output, role))
+            if g_id is not None:
+                (pos,) = np.nonzero(gs == g)
+                members[g_id].append(Member(node, param, dim, len(ids), tuple(pos.tolist()),
+                                            tuple(cs[pos].tolist()), output, role))
 
     for node_name, param, dim, ids, role in cx.members:
         add(node_name, param, dim, ids, None, role)
@@ -269,7 +269,7 @@ def _collect(cx: Context) -> ChannelGraph:
             if isinstance(v, Flow):
                 for dim, ids in sorted(v.dims.items()):
                     add(node.name, None, dim, ids, k if isinstance(value, tuple) else None)
-                    ids_held = {gid[g] for g in group_of[ids].tolist() if g in gid}
+                    ids_held = {gid[g] for g in np.unique(group_of[ids]).tolist() if g in gid}
                     if ids_held:
                         held.append((dim, tuple(sorted(ids_held))))
         if held:
@@ -277,7 +277,7 @@ def _collect(cx: Context) -> ChannelGraph:
 
     groups = []
     for g_id in range(len(group_roots)):
-        count = len(channels[g_id])
+        count = counts[group_roots[g_id]]
         reason = frozen.get(g_id)
         if reason is None and count < 2:
             reason = "a single channel: at least one channel is always kept"

@@ -34,28 +34,51 @@ UNTRACKED = Flow()
 
 
 class _UnionFind:
+    """Union-find over int ids, vectorised with numpy (parents always point to smaller ids,
+    so the oldest atom is the root and channel order follows graph order)."""
+
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self._parent = np.empty(1024, dtype=np.int64)
+        self.size = 0
 
-    def extend(self, parents: Iterable[int]) -> None:
-        self.parent.extend(parents)
+    def extend(self, parents: np.ndarray) -> None:
+        need = self.size + len(parents)
+        if need > len(self._parent):
+            grown = np.empty(max(need, 2 * len(self._parent)), dtype=np.int64)
+            grown[: self.size] = self._parent[: self.size]
+            self._parent = grown
+        self._parent[self.size:need] = parents
+        self.size = need
 
-    def find(self, a: int) -> int:
-        parent = self.parent
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        parent = self._parent
+        r = parent[ids]
+        while True:
+            up = parent[r]
+            if np.array_equal(up, r):
+                parent[ids] = r  # path compression
+                return r
+            r = up
 
-    def union(self, a: int, b: int) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if ra < rb:  # the older atom stays the root, so channel order follows graph order
-            self.parent[rb] = ra
-        else:
-            self.parent[ra] = rb
-        return True
+    def all_roots(self) -> np.ndarray:
+        parent = self._parent[: self.size].copy()
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                return parent
+            parent = up
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Merge a[i] with b[i] for all i; returns where they were in different sets."""
+        ra, rb = self.roots(a), self.roots(b)
+        merged = ra != rb
+        while True:
+            differ = ra != rb
+            if not differ.any():
+                return merged
+            lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+            self._parent[hi] = lo  # where one root gets several writes, the next round fixes it
+            ra, rb = self.roots(a), self.roots(b)
 
 
 class Atoms:
@@ -69,28 +92,31 @@ class Atoms:
         self.joins: list[tuple[int, str]] = []  # (atom, node name) where two spaces were coupled
 
     def __len__(self) -> int:
-        return len(self.chan.parent)
+        return self.chan.size
 
     def fresh(self, n: int) -> np.ndarray:
-        start = len(self)
-        self.chan.extend(range(start, start + n))
-        self.group.extend([start] * n)
-        return np.arange(start, start + n, dtype=np.int64)
+        ids = np.arange(len(self), len(self) + n, dtype=np.int64)
+        self.chan.extend(ids)
+        self.group.extend(np.full(n, ids[0] if n else 0, dtype=np.int64))
+        return ids
 
     def union(self, a: np.ndarray, b: np.ndarray, why: str) -> None:
         """Couple atom a[i] with atom b[i] for every i (arrays broadcast)."""
-        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-        pairs = {(int(x), int(y)) for x, y in zip(a.ravel().tolist(), b.ravel().tolist()) if x != y}
-        for x, y in pairs:
-            self.chan.union(x, y)
-            if self.group.union(x, y):
-                self.joins.append((x, why))
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        a, b = a.ravel(), b.ravel()
+        if len(a) == 0 or np.array_equal(a, b):
+            return
+        self.chan.union(a, b)
+        merged = self.group.union(a, b)
+        if merged.any():
+            self.joins.append((int(a[merged][0]), why))
 
     def unite(self, ids: np.ndarray, axis: int, why: str) -> np.ndarray:
         """Couple the atoms of `ids` along `axis` (they become one channel); returns ids[..0..]."""
         ids = np.moveaxis(np.asarray(ids), axis, 0)
-        for row in ids[1:]:
-            self.union(ids[0], row, why)
+        if len(ids) > 1:
+            first = np.broadcast_to(ids[0], ids[1:].shape)
+            self.union(first, ids[1:], why)
         return ids[0]
 
     def freeze(self, ids: np.ndarray, reason: str) -> None:
@@ -102,8 +128,8 @@ class Atoms:
             self.inexact.setdefault(a, reason)
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
-        find = self.chan.find
-        return np.fromiter((find(a) for a in np.asarray(ids).ravel().tolist()), np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        return self.chan.roots(ids.ravel()).reshape(ids.shape)
 
 
 def fit(ids: np.ndarray, size: int) -> np.ndarray:
