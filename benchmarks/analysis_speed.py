@@ -93,7 +93,8 @@ def bench_model(name: str, repeats: int) -> dict:
         try:
             out[tool] = {"status": "ok", **timed(fn, model, x)[1]}
         except Exception as exc:  # noqa: BLE001 - a failing tool is a result, not a crash
-            out[tool] = {"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"}
+            first_line = (str(exc).splitlines() or [""])[0][:80]
+            out[tool] = {"status": f"failed: {type(exc).__name__}: {first_line}"}
             del tools[tool]
     samples: dict[str, list[float]] = {tool: [] for tool in tools}
     for i in range(repeats):

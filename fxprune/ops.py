@@ -404,40 +404,34 @@ def _channel_shuffle(cx: Context, op: Op) -> Flow:
 
 
 def _multihead_attention(cx: Context, op: Op) -> tuple[Flow, Flow]:
+    """nn.MultiheadAttention computes head_dim = embed_dim // num_heads from its input and
+    returns embed_dim channels, so input, q, k, v and output widths shrink together: one unit is
+    one head dimension, the same in every head (q, k and v alike)."""
     m = cx.module()
-    if m.bias_k is not None or m.add_zero_attn:
-        return cx.unknown("add_bias_kv / add_zero_attn are not supported")
-    h, d = m.num_heads, m.head_dim
-    inputs = [cx.tflow(cx.arg(i, n)).dims.get(len(cx.shape(cx.arg(i, n))) - 1)
-              for i, n in enumerate(("query", "key", "value"))]
-    if m._qkv_same_embed_dim:
-        tracked = [ids for ids in inputs if ids is not None]
-        if tracked and len(tracked) < 3:
-            for ids in tracked:
-                cx.atoms.freeze(ids, f"attention inputs of which some carry no channels at {cx.where}")
-        elif tracked:
-            for ids in tracked[1:]:
-                cx.atoms.union(tracked[0], ids, cx.where)
-            cx.member("in_proj_weight", 1, tracked[0])
-    else:
-        for ids, name in zip(inputs, ("q_proj_weight", "k_proj_weight", "v_proj_weight")):
+    if m.bias_k is not None or m.add_zero_attn or not m._qkv_same_embed_dim:
+        return cx.unknown("nn.MultiheadAttention with add_bias_kv, add_zero_attn or kdim/vdim")
+    inputs = [cx.arg(i, n) for i, n in enumerate(("query", "key", "value"))]
+    tracked = [cx.tflow(x).dims.get(len(cx.shape(x)) - 1) for x in inputs]
+    if any(ids is None for ids in tracked):
+        for ids in tracked:
             if ids is not None:
-                cx.member(name, 1, ids)
-    # The removable unit inside attention is one head dimension, the same in every head.
-    qk, v = np.tile(cx.atoms.fresh(d), h), np.tile(cx.atoms.fresh(d), h)
-    if m._qkv_same_embed_dim:
-        cx.member("in_proj_weight", 0, np.concatenate([qk, qk, v]))
-    else:
-        for ids, name in zip((qk, qk, v), ("q_proj_weight", "k_proj_weight", "v_proj_weight")):
-            cx.member(name, 0, ids)
+                cx.atoms.freeze(ids, f"attention inputs of which some carry no channels at {cx.where}")
+        return cx.unknown("nn.MultiheadAttention on inputs without channels")
+    for ids in tracked[1:]:
+        cx.atoms.union(tracked[0], ids, cx.where)
+    ids = tracked[0]
+    unit = np.tile(cx.atoms.unite(ids.reshape(m.num_heads, -1), 0, cx.where), m.num_heads)
+    cx.atoms.mark_inexact(unit, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
+    rows = np.concatenate([unit, unit, unit])
+    cx.member("in_proj_weight", 1, ids)
+    cx.member("in_proj_weight", 0, rows)
     if m.in_proj_bias is not None:
-        cx.member("in_proj_bias", 0, np.concatenate([qk, qk, v]))
-    cx.member("out_proj.weight", 1, v)
-    out = cx.atoms.fresh(m.embed_dim)
-    cx.member("out_proj.weight", 0, out)
+        cx.member("in_proj_bias", 0, rows)
+    cx.member("out_proj.weight", 1, unit)
+    cx.member("out_proj.weight", 0, unit)
     if m.out_proj.bias is not None:
-        cx.member("out_proj.bias", 0, out)
-    return Flow({len(cx.out_shape) - 1 if cx.out_shape else 2: out}), UNTRACKED
+        cx.member("out_proj.bias", 0, unit)
+    return Flow({len(cx.shape(inputs[0])) - 1: unit}), UNTRACKED
 
 
 def _shifted_window_attention(cx: Context, op: Op) -> Flow:
@@ -452,6 +446,7 @@ def _shifted_window_attention(cx: Context, op: Op) -> Flow:
         cx.atoms.freeze(unit, f"attention input without channels at {cx.where}")
         ids = np.tile(unit, heads)
     unit = np.tile(cx.atoms.unite(ids.reshape(heads, -1), 0, cx.where), heads)
+    cx.atoms.mark_inexact(unit, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
     rows = np.concatenate([unit, unit, unit])
     for arg, name, dim, atoms in ((1, "qkv_weight", 1, ids), (1, "qkv_weight", 0, rows),
                                   (9, "qkv_bias", 0, rows), (2, "proj_weight", 1, unit),
@@ -495,9 +490,8 @@ MODULES: dict[type, Op] = {
     nn.LayerNorm: Op(flow=_layernorm, catalyst_after=True),
     nn.PReLU: Op(flow=_prelu, catalyst_after=True),
     nn.Embedding: Op(flow=_embedding, out_params={"weight": 1}),
-    nn.MultiheadAttention: Op(flow=_multihead_attention, in_params={
-        "in_proj_weight": 1, "q_proj_weight": 1, "k_proj_weight": 1, "v_proj_weight": 1,
-        "out_proj.weight": 1}),
+    nn.MultiheadAttention: Op(flow=_multihead_attention,
+                              in_params={"in_proj_weight": 1, "out_proj.weight": 1}),
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                      nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
                      nn.Softplus, nn.Softsign, nn.LogSigmoid), ACTIVATION),

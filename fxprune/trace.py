@@ -142,6 +142,10 @@ def _known_shape(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...] | 
     """The output shape of common modules from their attributes, or None to run them."""
     if isinstance(module, _SAME_SHAPE_MODULES):
         return tuple(x.shape)
+    if type(module) is torch.nn.Linear:
+        if x.dim() == 0 or x.shape[-1] != module.in_features:
+            return None
+        return (*x.shape[:-1], module.out_features)
     if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d):
         n = module.weight.dim() - 2
         if isinstance(module.padding, str) or x.dim() != n + 2 or x.shape[1] != module.in_channels:

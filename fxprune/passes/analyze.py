@@ -228,11 +228,13 @@ def _collect(cx: Context) -> ChannelGraph:
     gid = {r: i for i, r in enumerate(group_roots)}
     # local[c] = index of channel root c within its group (roots sort in graph order)
     local = np.full(n, -1, dtype=np.int64)
-    counts: dict[int, int] = defaultdict(int)
-    for root in np.unique(chan_of).tolist():
-        g = int(group_of[root])
-        local[root] = counts[g]
-        counts[g] += 1
+    roots = np.unique(chan_of)
+    order = np.argsort(group_of[roots], kind="stable")
+    by_group = group_of[roots][order]
+    starts = np.flatnonzero(np.r_[True, by_group[1:] != by_group[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    local[roots[order]] = np.arange(len(order)) - np.repeat(starts, sizes)
+    counts = dict(zip(by_group[starts].tolist(), sizes.tolist()))
     frozen: dict[int, str] = {}
     inexact: dict[int, str] = {}
     for reasons, into in ((atoms.frozen, frozen), (atoms.inexact, inexact)):
