@@ -4,11 +4,22 @@ The pipeline, in the order data flows through it:
 
     gm = fxprune.trace(model, example_inputs)   # torch.fx graph with shapes
     graph = fxprune.analyze(gm)                 # coupled channel groups (passes/analyze.py)
+    slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
+    ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
 """
 
-from fxprune.errors import AnalysisError, FxPruneError, InputError, TraceError
+from fxprune.errors import (
+    AnalysisError,
+    FxPruneError,
+    InputError,
+    PruneError,
+    SurgeryError,
+    TraceError,
+)
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.passes.analyze import analyze
+from fxprune.passes.slim import prune_channels
+from fxprune.passes.zero import zero_channels
 from fxprune.trace import trace
 
 __all__ = [
@@ -18,8 +29,12 @@ __all__ = [
     "FxPruneError",
     "InputError",
     "Member",
+    "PruneError",
+    "SurgeryError",
     "TraceError",
     "analyze",
+    "prune_channels",
     "trace",
+    "zero_channels",
 ]
 __version__ = "0.1.0"

@@ -25,6 +25,14 @@ class AnalysisError(FxPruneError):
     """The dependency-analysis pass met a graph it cannot reason about (``strict=True``)."""
 
 
+class PruneError(FxPruneError):
+    """A removal request breaks a constraint (frozen group, no channel left, round_to...)."""
+
+
+class SurgeryError(FxPruneError):
+    """Surgery produced a graph whose shapes do not match the plan (a bug: please report it)."""
+
+
 def user_line(node: torch.fx.Node) -> str:
     """The last frame of the node's stack trace: the user's source line, or '' if unknown."""
     trace = node.stack_trace or ""

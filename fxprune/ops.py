@@ -25,17 +25,24 @@ from fxprune.passes.flow import UNTRACKED, Flow
 
 if TYPE_CHECKING:
     from fxprune.passes.analyze import Context
+    from fxprune.passes.slim import Resize
 
 Rule = Callable[["Context", "Op"], object]
+# After surgery sliced the parameters: fix a module's size attributes / a node's constants.
+Sync = Callable[[nn.Module, "Resize", torch.fx.Node], None]
+Rewrite = Callable[["Resize", torch.fx.Node], None]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Op:
-    """How channels flow through one op, and how its parameters are sliced."""
+    """How channels flow through one op, how its parameters are sliced, and what surgery must
+    update on it."""
 
     flow: Rule
     out_params: Mapping[str, int] = field(default_factory=dict)  # param -> dim along output channels
     in_params: Mapping[str, int] = field(default_factory=dict)  # param -> dim along input channels
+    sync: Sync | None = None  # module attributes that hold channel counts
+    rewrite: Rewrite | None = None  # graph constants that hold channel counts
     catalyst_after: bool = False  # a channel-wise op a catalyst may take the place of
 
 
@@ -71,6 +78,32 @@ def _resize(cx: Context, op: Op) -> Flow:
 
 def _reshape(cx: Context, op: Op) -> Flow:
     return fl.reshape(cx.atoms, cx.tflow(0), cx.shape(0), cx.out_shape, cx.where)
+
+
+def _sizes(cx: Context) -> list[object]:
+    """The size arguments of view / reshape / expand, one per output dim."""
+    args = cx.node.args
+    packed = len(args) == 2 and isinstance(args[1], (tuple, list))
+    return list(args[1] if packed else args[1:])
+
+
+def _sized(flow: Flow, cx: Context) -> Flow:
+    """Couple output dims whose size is read at run time from other tensors' sizes."""
+    sizes = _sizes(cx)
+    if len(sizes) == len(cx.out_shape):
+        for dim, size in enumerate(sizes):
+            value = cx.flow(size)
+            if isinstance(value, fl.SizeOf):
+                fl.sized_by(cx.atoms, flow, dim, value, cx.flows, cx.where)
+    return flow
+
+
+def _view(cx: Context, op: Op) -> Flow:
+    return _sized(_reshape(cx, op), cx)
+
+
+def _expand(cx: Context, op: Op) -> Flow:
+    return _sized(_resize(cx, op), cx)
 
 
 def _transpose(cx: Context, op: Op) -> Flow:
@@ -465,32 +498,158 @@ def _patch_merging_pad(cx: Context, op: Op) -> Flow:
     return Flow({last: np.tile(flow.dims[last], 4)}) if last in flow.dims else UNTRACKED
 
 
+# --- surgery: module attributes and graph constants that hold channel counts ---------------
+
+
+def _sync_conv(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    new_in, new_out = rx.new_shape(node.args[0])[1], rx.new_shape(node)[1]
+    if m.groups > 1 and m.groups == m.in_channels:  # depthwise stays depthwise
+        m.groups = new_in
+    m.in_channels, m.out_channels = new_in, new_out
+
+
+def _sync_linear(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    m.in_features, m.out_features = rx.new_shape(node.args[0])[-1], rx.new_shape(node)[-1]
+
+
+def _sync_batchnorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    m.num_features = rx.new_shape(node.args[0])[1]
+
+
+def _sync_groupnorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    per_group = m.num_channels // m.num_groups
+    m.num_channels = rx.new_shape(node.args[0])[1]
+    m.num_groups = m.num_channels // per_group
+
+
+def _sync_layernorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    m.normalized_shape = tuple(rx.new_shape(node.args[0])[-len(m.normalized_shape):])
+
+
+def _sync_prelu(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    if m.num_parameters > 1:
+        m.num_parameters = rx.new_shape(node.args[0])[1]
+
+
+def _sync_embedding(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    m.embedding_dim = rx.new_shape(node)[-1]
+
+
+def _sync_attention(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    width = rx.new_shape(node.args[0])[-1]
+    m.embed_dim = m.kdim = m.vdim = width
+    m.head_dim = width // m.num_heads
+    m.out_proj.in_features = m.out_proj.out_features = width
+
+
+def _sync_unflatten(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    dim = m.dim % len(rx.new_shape(node.args[0]))
+    m.unflattened_size = tuple(rx.new_shape(node)[dim:dim + len(m.unflattened_size)])
+
+
+def _rewrite_sizes(rx: Resize, node: torch.fx.Node) -> None:
+    """view / reshape / expand: literal sizes that were a channel count become the new one."""
+    old, new = rx.old_shape(node), rx.new_shape(node)
+    if old == new:
+        return
+    first = 1
+    packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
+    sizes = list(node.args[1] if packed else node.args[first:])
+    for i, size in enumerate(sizes):
+        if isinstance(size, int) and size != -1 and size == old[i] and new[i] != old[i]:
+            sizes[i] = new[i]
+    node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
+
+
+def _rewrite_split(rx: Resize, node: torch.fx.Node) -> None:
+    """split / chunk along a pruned dim: explicit new sizes (a chunk may now be uneven)."""
+    x = node.args[0]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim %= len(rx.old_shape(x))
+    if rx.old_shape(x)[dim] == rx.new_shape(x)[dim]:
+        return
+    sizes = [shape[dim] for shape in rx.new_shape(node)]
+    node.target = "split" if node.op == "call_method" else torch.split
+    node.args, node.kwargs = (x, sizes, dim), {}
+
+
+def _rewrite_index(rx: Resize, node: torch.fx.Node) -> None:
+    """getitem / narrow / select on a pruned dim: indices move to the kept channels' places."""
+    x = node.args[0]
+    if not isinstance(x, torch.fx.Node) or not hasattr(x.meta.get("tensor_meta"), "shape"):
+        return
+    ndim = len(rx.old_shape(x))
+    if node.target in ("narrow", torch.narrow, "select", torch.select):
+        dim = node.args[1] % ndim
+        keep = rx.keep(x, dim)
+        if keep is not None:
+            start = _moved(keep, node.args[2])
+            if node.target in ("narrow", torch.narrow):
+                length = _moved(keep, node.args[2] + node.args[3]) - start
+                node.args = (x, node.args[1], start, length)
+            else:
+                node.args = (x, node.args[1], start)
+        return
+    index = node.args[1]
+    entries = list(index) if isinstance(index, tuple) else [index]
+    if Ellipsis in entries:
+        at = entries.index(Ellipsis)
+        consuming = sum(1 for e in entries if e is not None and e is not Ellipsis)
+        entries[at:at + 1] = [slice(None)] * (ndim - consuming)
+    dim = 0
+    for k, e in enumerate(entries):
+        if e is None:
+            continue
+        keep = rx.keep(x, dim)
+        if keep is not None and isinstance(e, int):
+            entries[k] = _moved(keep, e % len(keep))
+        elif keep is not None and isinstance(e, slice) and (e.start, e.stop) != (None, None):
+            start, stop, _ = e.indices(len(keep))
+            entries[k] = slice(_moved(keep, start), _moved(keep, stop), e.step)
+        dim += 1
+    node.args = (x, tuple(entries) if isinstance(index, tuple) else entries[0])
+
+
+def _moved(keep: np.ndarray, index: int) -> int:
+    """Where old index `index` lands once the dropped channels are gone."""
+    return int(keep[:index].sum())
+
+
+def _rewrite_layer_norm(rx: Resize, node: torch.fx.Node) -> None:
+    shape = node.args[1]
+    new = tuple(rx.new_shape(node.args[0])[-len(shape):])
+    node.args = (node.args[0], new, *node.args[2:])
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 _CONV = Op(flow=_conv, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
-           catalyst_after=True)
+           sync=_sync_conv, catalyst_after=True)
 _CONV_T = Op(flow=_conv, out_params={"weight": 1, "bias": 0}, in_params={"weight": 0},
-             catalyst_after=True)
+             sync=_sync_conv, catalyst_after=True)
 _NORM_PARAMS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
-_BATCHNORM = Op(flow=_batchnorm, out_params=_NORM_PARAMS, catalyst_after=True)
+_BATCHNORM = Op(flow=_batchnorm, out_params=_NORM_PARAMS, sync=_sync_batchnorm,
+                catalyst_after=True)
 UNARY = Op(flow=_unary)
 ACTIVATION = Op(flow=_unary, catalyst_after=True)
 ELEMENTWISE = Op(flow=_elementwise)
 RESIZE = Op(flow=_resize)
 RESHAPE = Op(flow=_reshape)
+_SIZES = Op(flow=_view, rewrite=_rewrite_sizes)
 
 MODULES: dict[type, Op] = {
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _CONV),
     **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _CONV_T),
     nn.Linear: Op(flow=_linear, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
-                  catalyst_after=True),
+                  sync=_sync_linear, catalyst_after=True),
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                      nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), _BATCHNORM),
-    nn.GroupNorm: Op(flow=_groupnorm, out_params={"weight": 0, "bias": 0}, catalyst_after=True),
-    nn.LayerNorm: Op(flow=_layernorm, catalyst_after=True),
-    nn.PReLU: Op(flow=_prelu, catalyst_after=True),
-    nn.Embedding: Op(flow=_embedding, out_params={"weight": 1}),
-    nn.MultiheadAttention: Op(flow=_multihead_attention,
+    nn.GroupNorm: Op(flow=_groupnorm, out_params={"weight": 0, "bias": 0}, sync=_sync_groupnorm,
+                     catalyst_after=True),
+    nn.LayerNorm: Op(flow=_layernorm, sync=_sync_layernorm, catalyst_after=True),
+    nn.PReLU: Op(flow=_prelu, sync=_sync_prelu, catalyst_after=True),
+    nn.Embedding: Op(flow=_embedding, out_params={"weight": 1}, sync=_sync_embedding),
+    nn.MultiheadAttention: Op(flow=_multihead_attention, sync=_sync_attention,
                               in_params={"in_proj_weight": 1, "out_proj.weight": 1}),
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                      nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
@@ -498,7 +657,8 @@ MODULES: dict[type, Op] = {
     **dict.fromkeys((nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                      nn.AlphaDropout), UNARY),
     **dict.fromkeys((nn.Softmax, nn.LogSoftmax), Op(flow=_softmax)),
-    **dict.fromkeys((nn.Flatten, nn.Unflatten), RESHAPE),
+    nn.Flatten: RESHAPE,
+    nn.Unflatten: Op(flow=_reshape, sync=_sync_unflatten),
     **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
                      nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                      nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -510,7 +670,7 @@ MODULES: dict[type, Op] = {
     nn.ChannelShuffle: Op(flow=_channel_shuffle),
 }
 
-_SPLIT = Op(flow=_split)
+_SPLIT = Op(flow=_split, rewrite=_rewrite_split)
 _TRANSPOSE = Op(flow=_transpose)
 _PERMUTE = Op(flow=_permute)
 _MATMUL = Op(flow=_matmul)
@@ -538,8 +698,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
                      F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.avg_pool1d, F.avg_pool2d,
                      F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate,
                      F.pad, torch.broadcast_to), RESIZE),
-    **dict.fromkeys((torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
-                     torch.unflatten), RESHAPE),
+    **dict.fromkeys((torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten), RESHAPE),
+    torch.reshape: _SIZES,
     **dict.fromkeys((torch.transpose, torch.swapaxes, torch.t), _TRANSPOSE),
     torch.permute: _PERMUTE,
     torch.movedim: Op(flow=_movedim),
@@ -547,9 +707,9 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     torch.stack: Op(flow=_stack),
     **dict.fromkeys((torch.split, torch.chunk, torch.tensor_split), _SPLIT),
     torch.unbind: Op(flow=_unbind),
-    torch.narrow: Op(flow=_select),
-    torch.select: Op(flow=_select),
-    operator.getitem: Op(flow=_getitem),
+    torch.narrow: Op(flow=_select, rewrite=_rewrite_index),
+    torch.select: Op(flow=_select, rewrite=_rewrite_index),
+    operator.getitem: Op(flow=_getitem, rewrite=_rewrite_index),
     **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
     F.scaled_dot_product_attention: Op(flow=_sdpa),
     **dict.fromkeys((torch.mean, torch.sum, torch.std, torch.var, torch.logsumexp, torch.amax,
@@ -563,7 +723,7 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     torchvision.models.swin_transformer.shifted_window_attention: Op(
         flow=_shifted_window_attention),
     torchvision.models.swin_transformer._patch_merging_pad: Op(flow=_patch_merging_pad),
-    F.layer_norm: Op(flow=_layernorm),
+    F.layer_norm: Op(flow=_layernorm, rewrite=_rewrite_layer_norm),
     F.linear: Op(flow=_functional_linear),
     F.channel_shuffle: Op(flow=_channel_shuffle),
     torch.channel_shuffle: Op(flow=_channel_shuffle),
@@ -579,15 +739,17 @@ METHODS: dict[str, Op] = {
     **dict.fromkeys(("contiguous", "clone", "detach", "to", "type", "type_as", "float", "half",
                      "double", "bfloat16", "neg", "abs", "exp", "sqrt", "clamp", "clamp_",
                      "clip", "zero_", "fill_", "new_zeros_like", "requires_grad_"), UNARY),
-    **dict.fromkeys(("view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"), RESHAPE),
-    **dict.fromkeys(("expand", "expand_as", "broadcast_to"), RESIZE),
+    **dict.fromkeys(("flatten", "squeeze", "unsqueeze", "unflatten"), RESHAPE),
+    **dict.fromkeys(("view", "reshape"), _SIZES),
+    "expand": Op(flow=_expand, rewrite=_rewrite_sizes),
+    **dict.fromkeys(("expand_as", "broadcast_to"), RESIZE),
     **dict.fromkeys(("transpose", "swapaxes", "t"), _TRANSPOSE),
     "permute": _PERMUTE,
     "movedim": Op(flow=_movedim),
     **dict.fromkeys(("split", "chunk", "tensor_split"), _SPLIT),
     "unbind": Op(flow=_unbind),
-    "narrow": Op(flow=_select),
-    "select": Op(flow=_select),
+    "narrow": Op(flow=_select, rewrite=_rewrite_index),
+    "select": Op(flow=_select, rewrite=_rewrite_index),
     "repeat": Op(flow=_repeat),
     **dict.fromkeys(("matmul", "bmm"), _MATMUL),
     **dict.fromkeys(("mean", "sum", "std", "var", "logsumexp", "amax", "amin", "norm", "prod"),

@@ -184,10 +184,10 @@ class HandAttention(nn.Module):
         self.heads, self.qkv, self.proj = 2, nn.Linear(8, 24), nn.Linear(8, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, L, 8)
-        n, length, c = x.shape
+        n, length, _ = x.shape
         q, k, v = self.qkv(x).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
-        return x + self.proj((attn @ v).transpose(1, 2).reshape(n, length, c))
+        return x + self.proj((attn @ v).transpose(1, 2).reshape(n, length, -1))
 
 
 class Shuffle(nn.Module):

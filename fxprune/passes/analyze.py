@@ -11,6 +11,7 @@ reach a model input or output, or an op that is not in the table, are frozen wit
 from __future__ import annotations
 
 import logging
+import operator
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch.fx
 from fxprune import ops
 from fxprune.errors import AnalysisError, InputError, describe
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
-from fxprune.passes.flow import UNTRACKED, Atoms, Flow
+from fxprune.passes.flow import UNTRACKED, Atoms, Flow, SizeOf
 from fxprune.trace import LEAF_KEY
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,8 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
                 dims[d] = cx.atoms.fresh(size)
                 cx._param(node.name, node.target, d, dims[d], "bare")
         return Flow(dims)
-    if meta is None:  # sizes, dtypes and other non-tensor values carry no channels
-        return None
+    if meta is None:  # ints read from tensor sizes are tracked; other values carry no channels
+        return _size_value(cx, node)
     module = cx.module() if node.op == "call_module" else None
     entry = ops.lookup(node, module)
     if entry is None:
@@ -187,6 +188,37 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
     cx.entry = entry
     return entry.flow(cx, entry)
+
+
+_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+               operator.mod, operator.neg}
+
+
+def _size_value(cx: Context, node: torch.fx.Node) -> object:
+    """Provenance of ints computed from tensor sizes (x.shape, x.size(1), c // heads)."""
+    args = node.args
+    if node.op == "call_method" and node.target == "size" and isinstance(args[0], torch.fx.Node):
+        if len(args) > 1 or "dim" in node.kwargs:
+            d = args[1] if len(args) > 1 else node.kwargs["dim"]
+            return SizeOf(frozenset({(args[0], d % len(cx.shape(args[0])))}))
+        return _shape_of(cx, args[0])
+    if node.op != "call_function":
+        return None
+    if node.target is getattr and args[1:] == ("shape",) and isinstance(args[0], torch.fx.Node):
+        return _shape_of(cx, args[0])
+    if node.target is operator.getitem and isinstance(cx.flow(args[0]), tuple):
+        value = cx.flow(args[0])[args[1]]
+        return value if isinstance(value, (SizeOf, tuple)) else None
+    if node.target in _ARITHMETIC:
+        sizes = [cx.flow(a) for a in args if isinstance(a, torch.fx.Node)]
+        sizes = [v for v in sizes if isinstance(v, SizeOf)]
+        if sizes:
+            return SizeOf(frozenset().union(*(v.sources for v in sizes)), exact=False)
+    return None
+
+
+def _shape_of(cx: Context, x: torch.fx.Node) -> tuple[SizeOf, ...]:
+    return tuple(SizeOf(frozenset({(x, d)})) for d in range(len(cx.shape(x))))
 
 
 def _fetch(gm: torch.nn.Module, target: str) -> object:

@@ -33,6 +33,15 @@ class Flow:
 UNTRACKED = Flow()
 
 
+@dataclass(frozen=True)
+class SizeOf:
+    """An int computed from tensor sizes: which (node, dim) sizes it was read from, and whether
+    it is one of them exactly (x.shape[1]) or derived by arithmetic (x.shape[1] // 2)."""
+
+    sources: frozenset[tuple[object, int]]
+    exact: bool = True
+
+
 class _UnionFind:
     """Union-find over int ids, vectorised with numpy (parents always point to smaller ids,
     so the oldest atom is the root and channel order follows graph order)."""
@@ -275,6 +284,39 @@ def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequen
             atoms.unite(grid, 0, why)
         out[outs[inner]] = grid[0]
     return Flow(out)
+
+
+def sized_by(atoms: Atoms, out: Flow, dim: int, size: SizeOf, flows: Mapping[object, object],
+             why: str) -> None:
+    """Output `dim` of a view/expand has a size read from other tensors at run time: after
+    surgery both sides must still have equal sizes. They do when every channel appears as
+    often on one side as on the other; otherwise couple them index by index, or freeze."""
+    out_ids = out.dims.get(dim)
+    for src, d in size.sources:
+        flow = flows.get(src)
+        src_ids = flow.dims.get(d) if isinstance(flow, Flow) else None
+        if out_ids is None and src_ids is None:
+            continue
+        if out_ids is None or src_ids is None:
+            atoms.freeze(out_ids if out_ids is not None else src_ids,
+                         f"a size read from a dim without channels shapes channels at {why}")
+            continue
+        if not size.exact:  # c // heads and the like: proportional when in one group
+            if atoms.group.roots(out_ids[:1])[0] != atoms.group.roots(src_ids[:1])[0]:
+                for ids in (out_ids, src_ids):
+                    atoms.freeze(ids, f"a size computed from another group's channels at {why}")
+            continue
+        if not _same_counts(atoms, out_ids, src_ids) and len(out_ids) == len(src_ids):
+            atoms.union(out_ids, src_ids, why)
+        if not _same_counts(atoms, out_ids, src_ids):
+            for ids in (out_ids, src_ids):
+                atoms.freeze(ids, f"a size read from other channels shapes channels at {why}")
+
+
+def _same_counts(atoms: Atoms, a: np.ndarray, b: np.ndarray) -> bool:
+    ra, ca = np.unique(atoms.roots(a), return_counts=True)
+    rb, cb = np.unique(atoms.roots(b), return_counts=True)
+    return np.array_equal(ra, rb) and np.array_equal(ca, cb)
 
 
 def concat(atoms: Atoms, inputs: Sequence[tuple[Flow, Sequence[int]]], dim: int,

@@ -1,0 +1,114 @@
+"""Count what a model costs: multiply-accumulates, FLOPs and parameters.
+
+Guarantees:
+- ``cost`` runs the model once on the inputs it is given, on their device, under
+  ``torch.no_grad()`` with every submodule in eval mode; each submodule's own ``training`` flag
+  is put back afterwards, even when the forward raises. Nothing is moved between devices.
+- FLOP convention: ``flops`` is exactly what ``torch.utils.flop_counter.FlopCounterMode``
+  reports, which counts one multiply-add as 2 FLOPs (its conv, mm, addmm, bmm and attention
+  formulas all carry that factor 2), so ``macs == flops // 2``. Only those matmul-like ops are
+  counted: bias adds, norms, activations, pooling and other elementwise ops are not, which is
+  the convention of the usual published figures (ResNet-18 at 224x224: 1.814 GMACs).
+- ``params`` is the number of parameter elements, each shared parameter counted once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxprune.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cost:
+    """The cost of one forward pass on the example inputs (see the module docstring)."""
+
+    macs: int
+    flops: int
+    params: int
+
+    def ratio(self, other: Cost) -> dict[str, float]:
+        """``self / other`` for macs and params: ``before.ratio(after)`` gives the reduction
+        factors ``before / after`` (2.0 means the pruned model is half the cost).
+
+        A zero in ``other`` gives ``inf`` (or ``nan`` for 0/0) rather than raising, so a ratio
+        table never fails on a model with no counted ops.
+        """
+        return {
+            "macs": _divide(self.macs, other.macs),
+            "params": _divide(self.params, other.params),
+        }
+
+
+def _divide(a: int, b: int) -> float:
+    if b == 0:
+        return float("nan") if a == 0 else float("inf")
+    return a / b
+
+
+def as_input_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    """`example_inputs` as a tuple of tensors, or `InputError` saying what was given."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise InputError(
+            "example_inputs must be a tensor or a sequence of tensors, "
+            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
+        )
+    return tuple(inputs)
+
+
+def check_module(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameter elements; `parameters()` yields a shared parameter once (tied weights)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass, in eval mode and without autograd."""
+    # Set the flags directly instead of calling .eval(): modules from torch.export's
+    # .module() raise on .train()/.eval(), and a per-module record keeps mixed modes intact.
+    modes = [(m, m.training) for m in model.modules()]
+    for m, _ in modes:
+        m.training = False
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(*inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(
+            f"the example inputs do not run through the model: {type(exc).__name__}: "
+            f"{first_line}. Check the number, shape, dtype and device of the inputs."
+        ) from exc
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return counter.get_total_flops()
+
+
+def cost(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Cost:
+    """MACs, FLOPs (2 per MAC) and parameter count of `model` on `example_inputs`.
+
+    Works for plain modules, torch.fx GraphModules and modules from ``torch.export``, on any
+    device: the model runs where its inputs are. Raises `InputError` when `model` is not a
+    module, the inputs are not tensors, or the inputs do not run through the model.
+    """
+    model = check_module(model)
+    inputs = as_input_tuple(example_inputs)
+    flops = count_flops(model, inputs)
+    result = Cost(macs=flops // 2, flops=flops, params=count_params(model))
+    log.debug("cost of %s: %s", type(model).__name__, result)
+    return result

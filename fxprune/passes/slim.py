@@ -1,0 +1,129 @@
+"""Surgery: emit a slim graph module with the requested channels removed.
+
+Reads the ChannelGraph of `analyze` and ``node.meta["tensor_meta"]``. Returns a new
+GraphModule (the input stays usable) in which every member of every pruned group is sliced
+consistently, module size attributes (the op table's ``sync``) and graph constants such as
+view sizes, split sizes and slice bounds (its ``rewrite``) hold the new channel counts, and
+``tensor_meta`` holds the new shapes. Before returning, the slim graph is run on fake inputs and
+every node's shape is checked against the plan, so a wrong cut fails here, not in the user's
+deployment.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.fx
+
+from fxprune import ops
+from fxprune.errors import InputError, SurgeryError, describe
+from fxprune.graph import ChannelGraph
+from fxprune.passes.plan import Plan, plan
+from fxprune.trace import propagate_shapes
+
+
+class Resize:
+    """What sync and rewrite rules see: old and new shapes of nodes, and keep-masks."""
+
+    def __init__(self, the_plan: Plan, old: Mapping[str, object], new: Mapping[str, object]) -> None:
+        self.plan, self._old, self._new = the_plan, old, new
+
+    def old_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
+        return self._old[node.name]
+
+    def new_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
+        return self._new[node.name]
+
+    def keep(self, node: torch.fx.Node, dim: int) -> np.ndarray | None:
+        return self.plan.keep(node.name, dim)
+
+
+def _set_tensor(root: torch.nn.Module, qualified: str, value: torch.Tensor) -> None:
+    owner_name, _, name = qualified.rpartition(".")
+    owner = root.get_submodule(owner_name)
+    if name in owner._parameters:
+        old = owner._parameters[name]
+        owner._parameters[name] = torch.nn.Parameter(value, requires_grad=old.requires_grad)
+    elif name in owner._buffers:
+        owner._buffers[name] = value
+    else:
+        setattr(owner, name, value)
+
+
+def _get_tensor(root: torch.nn.Module, qualified: str) -> torch.Tensor:
+    owner_name, _, name = qualified.rpartition(".")
+    return getattr(root.get_submodule(owner_name), name)
+
+
+def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[torch.Tensor, ...]:
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return tuple(torch.zeros(tuple(n.meta["tensor_meta"].shape), dtype=n.meta["tensor_meta"].dtype,
+                             device=device)
+                 for n in gm.graph.nodes if n.op == "placeholder")
+
+
+def prune_channels(
+    gm: torch.fx.GraphModule,
+    graph: ChannelGraph,
+    remove: Mapping[int, Iterable[int]],
+    *,
+    round_to: int = 1,
+) -> torch.fx.GraphModule:
+    """A new GraphModule without the channels `remove` names (group id -> channel indices).
+
+    Raises `PruneError` when the request breaks a constraint (see `fxprune.passes.plan`).
+    """
+    the_plan = plan(graph, remove, round_to=round_to)
+    slim = copy.deepcopy(gm)
+    old = {n.name: _shape(n) for n in gm.graph.nodes}
+    new = {n.name: the_plan.new_shape(n) for n in gm.graph.nodes}
+    with torch.no_grad():
+        for (param, dim), keep in the_plan.params.items():
+            tensor = _get_tensor(slim, param)
+            index = torch.as_tensor(np.flatnonzero(keep), device=tensor.device)
+            _set_tensor(slim, param, tensor.index_select(dim, index).clone())
+    resize = Resize(the_plan, old, new)
+    for node in slim.graph.nodes:
+        module = slim.get_submodule(node.target) if node.op == "call_module" else None
+        entry = ops.lookup(node, module)
+        if entry is None or old[node.name] == new[node.name] and not _reads_pruned(node, old, new):
+            continue
+        if entry.sync is not None and module is not None:
+            entry.sync(module, resize, node)
+        if entry.rewrite is not None:
+            entry.rewrite(resize, node)
+    slim.graph.lint()
+    slim.recompile()
+    _check(slim, new)
+    return slim
+
+
+def _shape(node: torch.fx.Node) -> object:
+    meta = node.meta.get("tensor_meta")
+    if hasattr(meta, "shape"):
+        return tuple(meta.shape)
+    if isinstance(meta, (tuple, list)):
+        return tuple(tuple(m.shape) if hasattr(m, "shape") else None for m in meta)
+    return None
+
+
+def _reads_pruned(node: torch.fx.Node, old: Mapping[str, object], new: Mapping[str, object]) -> bool:
+    return any(old[a.name] != new[a.name] for a in node.all_input_nodes)
+
+
+def _check(slim: torch.fx.GraphModule, expected: Mapping[str, object]) -> None:
+    try:
+        propagate_shapes(slim, _placeholder_inputs(slim))
+    except InputError as exc:
+        raise SurgeryError(f"the slim graph does not run: {exc}. This is a bug in fxprune's "
+                           "surgery: please report it with the model.") from exc
+    for node in slim.graph.nodes:
+        got = _shape(node)
+        if got != expected[node.name]:
+            raise SurgeryError(
+                f"surgery left {describe(node)} with shape {got}, expected {expected[node.name]}. "
+                "This is a bug in fxprune's surgery: please report it with the model."
+            )
