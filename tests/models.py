@@ -250,3 +250,24 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     model = cls().eval()
     x = torch.randint(0, 10, shape) if dtype == torch.int64 else torch.randn(shape)
     return model, x
+
+
+class Literals(nn.Module):
+    """Channel counts written as literals: split sizes, chunk, view sizes, slices, expand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bias = nn.Conv2d(3, 8, 1), nn.Parameter(torch.zeros(1, 8, 1))
+        self.p, self.q, self.r = nn.Conv2d(3, 2, 1), nn.Conv2d(5, 2, 1), nn.Conv2d(4, 2, 1)
+        self.s, self.fc = nn.Conv2d(6, 2, 1), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        a, b = torch.split(y, [3, 5], dim=1)
+        c, _ = y.chunk(2, dim=1)
+        flat = y.view(2, 8, 16) + self.bias.expand(2, 8, 16)
+        out = self.p(a) + self.q(b) + self.r(c) + self.s(y[:, 1:7])
+        return out + self.fc(flat.mean(-1)).view(2, 2, 1, 1)
+
+
+MODELS["literals"] = (Literals, (2, 3, 4, 4), torch.float32)

@@ -85,6 +85,13 @@ def plan(graph: ChannelGraph, remove: Mapping[int, Iterable[int]], *, round_to: 
             into = params if m.param is not None else tensors
             mask = into.setdefault(key, np.ones(m.length, dtype=bool))
             _drop(mask, m, gone)
+    for key, mask in (*params.items(), *tensors.items()):
+        if not mask.any():  # e.g. a concat input or a slice that would vanish entirely
+            where = f"{key[0]} dim {key[1]}" if key in params else f"the output of {key[0]} dim {key[2]}"
+            raise PruneError(
+                f"the request removes every channel of {where}; keep at least one there "
+                f"(groups {sorted(removed)} are involved)"
+            )
     return Plan(removed=removed, params=params, tensors=tensors)
 
 

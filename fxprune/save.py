@@ -1,0 +1,461 @@
+"""Save a model as a self-contained torch.export program, and load it back.
+
+Format: the ``.pt2`` archive that ``torch.export.save`` writes (a zip file: the graph as JSON
+in ``models/model.json``, every weight as raw bytes in ``data/weights/`` described by a JSON
+config, and the example inputs). It holds ATen ops only, so a fresh Python process loads it
+with ``fxprune.load`` (or ``torch.export.load(path).module()``) without the model's classes.
+
+Guarantees:
+- ``save`` writes atomically: a temp file in the target's directory, fsynced, then
+  ``os.replace``; a reader sees the old file or the whole new one, and a failed save leaves
+  neither a partial file nor the temp file behind.
+- Dim 0 of every input is exported as one dynamic ``batch`` dim (``min=1``). A batch of 1 is
+  traced as a batch of 2 (torch.export specialises sizes 0 and 1), and the exported guards are
+  checked against the whole range, so the program is valid for every batch size. When
+  torch.export cannot make the batch dynamic, the program is exported with static shapes and
+  a warning is logged: it then accepts only the example's shapes.
+- The program records the mode the model is in (BatchNorm, Dropout); a loaded module cannot
+  change mode, so call ``model.eval()`` before saving a model for inference.
+- ``load`` never unpickles anything beyond tensors (see below) and raises ``InputError``, with
+  the original exception chained, for a missing, truncated or corrupted file.
+
+Why ``load`` checks the archive before calling ``torch.export.load``. ``torch.export.load``
+does NOT restrict itself to weights-only loading in torch 2.14 (read in
+``torch/export/pt2_archive/_package.py`` and ``torch/_export/serde/serialize.py``):
+weights and constants whose config says ``use_pickle`` are read with
+``torch.load(..., weights_only=False)``, ``opaque_obj_*`` constants with ``pickle.loads``,
+``custom_obj_*`` constants with the TorchScript unpickler, ``data/aotinductor/`` loads
+compiled native code, and the example inputs (and the legacy layout's weights) fall back to
+``weights_only=False`` when weights-only loading fails. Its docstring says "Never load data
+from an untrusted source". Besides pickle, the JSON graph reaches code too: symbolic shape
+strings go through ``sympy.sympify`` (which evaluates Python), node names are pasted into the
+Python source that ``GraphModule`` compiles, ``guards_code`` strings are ``exec``-ed by
+``.module()``, and call targets are looked up as any attribute under ``torch`` (``torch.os``).
+
+``fxprune.save`` writes none of those risky parts, so ``load`` rejects, with ``InputError`` and
+before torch reads the file, any archive that holds one: entries outside the layout above,
+a payload marked ``use_pickle`` or not a raw tensor, example inputs that do not load with
+``weights_only=True``, names that are not dotted identifiers, symbolic expressions with
+anything but sympy constructors, numbers and operators, and guards with anything but size
+arithmetic. After torch has built the program, every called function must be an ATen op, a
+higher-order op or a ``_operator``/``math``/``torch.sym_*`` function. These checks close every
+path to unpickling and to code execution found in torch 2.14's loader; they are not an audit
+of the whole torch deserializer, so load only files you trust to have come from
+``fxprune.save``.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import math
+import operator
+import os
+import re
+import tempfile
+import tokenize
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+from torch.export import Dim, ExportedProgram
+
+from fxprune.cost import as_input_tuple, check_module
+from fxprune.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------- save
+
+
+def save(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | os.PathLike[str],
+) -> Path:
+    """Export `model` with torch.export (dynamic batch dim) and write it atomically to `path`.
+
+    The file loads with `load` in any process that has torch, without the model's classes.
+    Raises `InputError` for a non-module, non-tensor inputs, or a model torch.export cannot
+    export even with static shapes.
+    """
+    model = check_module(model)
+    inputs = as_input_tuple(example_inputs)
+    path = Path(path)
+    if any(m.training for m in model.modules()):
+        log.warning(
+            "saving %s in training mode: the saved program keeps training behaviour "
+            "(batch statistics, dropout) and cannot be switched; call model.eval() first "
+            "to save it for inference",
+            type(model).__name__,
+        )
+    _write_atomically(_export(model, inputs), path)
+    log.info("saved %s to %s", type(model).__name__, path)
+    return path
+
+
+def _batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, Any] | None, ...]:
+    # One Dim shared by all inputs: they are one batch, so their dim 0 must agree.
+    batch = Dim("batch", min=1)
+    return tuple({0: batch} if t.dim() > 0 else None for t in inputs)
+
+
+def _trace_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The inputs to trace with: a batch of 1 doubled, since export specialises size 1."""
+    batched = [t for t in inputs if t.dim() > 0]
+    if batched and all(t.shape[0] == 1 for t in batched):
+        log.info("tracing the batch of 1 as a batch of 2 so that the batch dim stays dynamic")
+        return tuple(torch.cat((t, t)) if t.dim() > 0 else t for t in inputs)
+    return inputs
+
+
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
+    """Export with a dynamic batch dim, else with static shapes (and a warning)."""
+    shapes = _batch_shapes(inputs)
+    if any(s is not None for s in shapes):
+        try:
+            return torch.export.export(model, _trace_inputs(inputs), dynamic_shapes=shapes)
+        except Exception as exc:  # noqa: BLE001 - export raises many kinds; static may work
+            log.warning(
+                "torch.export cannot make dim 0 a dynamic batch dim (%s: %s); exporting with "
+                "static shapes, so the saved model accepts only the example's shapes",
+                type(exc).__name__,
+                _first_line(exc),
+            )
+    try:
+        return torch.export.export(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - export raises many kinds; report them as one
+        raise InputError(
+            f"torch.export cannot export {type(model).__name__}: {type(exc).__name__}: "
+            f"{_first_line(exc)}. Check that the example inputs run through the model and "
+            "rewrite data-dependent control flow (e.g. with torch.where or torch.cond)."
+        ) from exc
+
+
+def _write_atomically(program: ExportedProgram, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # A file object, not the temp path: torch names the archive root after a path
+            # and wants it to end in .pt2, which the temp name does not.
+            torch.export.save(program, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+# ----------------------------------------------------------------------------------- load
+
+
+class _Unsafe(Exception):
+    """The archive holds something torch.export.load would unpickle or execute."""
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """The module saved at `path` by `save` (a GraphModule of ATen ops).
+
+    Raises `InputError` when the file is missing, truncated, corrupted, unreadable by this
+    torch, or holds anything ``save`` never writes (pickled objects, code): see the module
+    docstring for what is checked and why.
+    """
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise InputError(
+            f"cannot load {path}: {exc.strerror or exc}. Check the path, or write the file "
+            "first with fxprune.save(model, example_inputs, path)."
+        ) from exc
+    # One open handle for the checks and the load: the checked bytes are the loaded bytes.
+    with f:
+        _check_archive(f, path)
+        f.seek(0)
+        program = _torch_load(f, path)
+    _check_targets(program, path)
+    return program.module()
+
+
+def _torch_load(f: IO[bytes], path: Path) -> ExportedProgram:
+    try:
+        return torch.export.load(f)
+    except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds
+        raise InputError(
+            f"cannot load {path}: torch.export could not read it ({type(exc).__name__}: "
+            f"{_first_line(exc)}). The file is damaged, or was written by another torch "
+            f"version (this is {torch.__version__}), or its weights live on a device this "
+            "machine lacks: re-save the model with fxprune.save."
+        ) from exc
+
+
+def _check_archive(f: IO[bytes], path: Path) -> None:
+    """Raise `InputError` unless `f` is an intact archive holding only what `save` writes."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            entries = _entries(zf)
+            _check_payloads(zf, entries)
+            _check_sample_inputs(zf, entries)
+            _check_model_json(json.loads(zf.read(entries["models/model.json"])))
+    except _Unsafe as exc:
+        raise InputError(
+            f"refusing to load {path}: {exc}. torch.export.load would unpickle or run it; "
+            "fxprune.save never writes that, so the file was not written by fxprune.save or "
+            "was changed since. Re-save the model with fxprune.save."
+        ) from exc
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        # ValueError: bad JSON; KeyError: a missing entry or field; Type/AttributeError: JSON
+        # of the wrong shape.
+        raise InputError(
+            f"cannot load {path}: it is not an intact fxprune archive ({type(exc).__name__}: "
+            f"{_first_line(exc)}). The file is truncated or damaged, or is not a file "
+            "written by fxprune.save: re-save the model with fxprune.save."
+        ) from exc
+
+
+# Every entry torch.export.save writes for a program with raw tensor weights and constants
+# (paths below the archive's one root folder). Anything else is read by a riskier loader.
+_LAYOUT = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/(version|serialization_id)"
+    r"|models/model\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/(model_weights_config\.json|weight_\d+)"
+    r"|data/constants/(model_constants_config\.json|tensor_\d+)"
+)
+
+
+def _entries(zf: zipfile.ZipFile) -> dict[str, str]:
+    """Map each entry's path below the archive root to its full name; check the layout."""
+    names = zf.namelist()
+    roots = {name.partition("/")[0] for name in names}
+    if len(roots) != 1 or any("/" not in name for name in names):
+        raise _Unsafe(f"it does not have the one root folder of a .pt2 archive: {sorted(roots)}")
+    entries = {name.partition("/")[2]: name for name in names}
+    for entry in entries:
+        if not _LAYOUT.fullmatch(entry):
+            raise _Unsafe(f"it holds {entry!r}, which is not part of a saved program")
+    for required in ("models/model.json", "data/sample_inputs/model.pt"):
+        if required not in entries:
+            raise KeyError(f"{required} is missing")
+    return entries
+
+
+def _check_payloads(zf: zipfile.ZipFile, entries: dict[str, str]) -> None:
+    """Every weight and constant must be raw tensor bytes, never a pickle."""
+    for config_entry, prefix in (
+        ("data/weights/model_weights_config.json", "weight_"),
+        ("data/constants/model_constants_config.json", "tensor_"),
+    ):
+        if config_entry not in entries:
+            raise KeyError(f"{config_entry} is missing")
+        config = json.loads(zf.read(entries[config_entry]))["config"]
+        for fqn, meta in config.items():
+            _check_name(fqn)
+            if meta.get("use_pickle") is not False:
+                raise _Unsafe(f"{fqn!r} is stored as a pickle")
+            if not re.fullmatch(re.escape(prefix) + r"\d+", str(meta.get("path_name"))):
+                raise _Unsafe(f"{fqn!r} is stored as {meta.get('path_name')!r}, not a tensor")
+
+
+def _check_sample_inputs(zf: zipfile.ZipFile, entries: dict[str, str]) -> None:
+    # torch tries weights_only=True first and falls back to weights_only=False only if that
+    # fails; bytes that load here never reach the fallback.
+    data = zf.read(entries["data/sample_inputs/model.pt"])
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds
+        raise _Unsafe(
+            f"its example inputs do not load with weights_only=True ({type(exc).__name__})"
+        ) from exc
+
+
+# A name is pasted into generated Python source: allow word characters and dots only.
+_NAME = re.compile(r"\w+(\.\w+)*")
+
+
+def _check_name(text: str) -> None:
+    if text and not _NAME.fullmatch(text):
+        raise _Unsafe(f"the name {text!r} is not a dotted identifier")
+
+
+def _strings(obj: object, key: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value, with the key it sits under."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v, key)
+    elif isinstance(obj, str):
+        yield key, obj
+
+
+def _check_model_json(program: dict[str, Any]) -> None:
+    for key, text in _strings(program):
+        if key == "expr_str":
+            _check_sym_expr(text)
+        elif key == "guards_code":
+            _check_guard(text)
+        elif key in ("name", "target", "fqn") or key.endswith(("_name", "_names")):
+            _check_name(text)
+
+
+# sympy constructors that torch's printer (sympy.srepr) emits for shape expressions.
+_SYMPY_NAMES = frozenset(
+    "Symbol Integer Rational Float Add Mul Pow Mod Max Min Abs floor ceiling "
+    "Eq Ne Lt Le Gt Ge Equality Unequality StrictLessThan StrictGreaterThan LessThan "
+    "GreaterThan And Or Not Piecewise ExprCondPair true false BooleanTrue BooleanFalse "
+    "oo zoo nan Infinity NegativeInfinity NaN ComplexInfinity Zero One NegativeOne Half "
+    # Symbol assumptions, passed as keywords.
+    "integer real positive negative nonnegative nonpositive nonzero zero finite infinite "
+    "rational irrational even odd prime composite commutative complex imaginary "
+    "extended_real extended_positive extended_negative extended_nonnegative "
+    "extended_nonpositive extended_nonzero True False None".split()
+)
+_SYMPY_OPS = frozenset("( ) , = + - * / // % ** < > <= >= == != & | ~".split())
+_QUOTED_NAME = re.compile(r"'\w+'|\"\w+\"")
+
+
+@cache
+def _torch_sympy_names() -> frozenset[str]:
+    """The sympy functions torch defines (FloorDiv, ModularIndexing, ...)."""
+    import sympy
+    import torch.utils._sympy.functions as functions
+
+    return frozenset(
+        name
+        for name, obj in vars(functions).items()
+        if isinstance(obj, type) and issubclass(obj, sympy.Basic)
+    )
+
+
+def _check_sym_expr(text: str) -> None:
+    """Allow only what `sympy.srepr` prints: sympy.sympify evaluates the string as Python."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise _Unsafe(f"the symbolic shape {text!r} does not parse") from exc
+    for tok in tokens:
+        if (
+            tok.type == tokenize.NUMBER
+            or (tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER) and not tok.string.strip())
+            or (tok.type == tokenize.OP and tok.string in _SYMPY_OPS)
+            or (tok.type == tokenize.STRING and _QUOTED_NAME.fullmatch(tok.string))
+            or (
+                tok.type == tokenize.NAME
+                and (tok.string in _SYMPY_NAMES or tok.string in _torch_sympy_names())
+            )
+        ):
+            continue
+        raise _Unsafe(f"the symbolic shape {text!r} contains {tok.string!r}")
+
+
+# Guards are size arithmetic on the inputs, e.g. "L['x'].size()[0] >= 2"; `.module()` execs
+# them with all builtins in scope, so only these names and attributes may appear.
+_GUARD_NAMES = frozenset(
+    {"L", "inf", "math", "torch", "max", "min", "abs", "int", "float", "round", "bool"}
+    | {"IsNonOverlappingAndDenseIndicator", "cast_symbool_to_symint_guardless"}
+)
+_TENSOR_ATTRS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+_GUARD_NODES = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Call,
+    ast.Subscript,
+    ast.Attribute,
+    ast.Name,
+    ast.Constant,
+    ast.Tuple,
+    ast.Load,
+    ast.boolop,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+)
+
+
+def _check_guard(text: str) -> None:
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise _Unsafe(f"the guard {text!r} does not parse") from exc
+    for node in ast.walk(tree):
+        if not isinstance(node, _GUARD_NODES) or not _guard_node_ok(node):
+            raise _Unsafe(f"the guard {text!r} contains {ast.dump(node)[:80]}")
+
+
+def _guard_node_ok(node: ast.AST) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in _GUARD_NAMES
+    if isinstance(node, ast.Attribute):
+        base = node.value.id if isinstance(node.value, ast.Name) else None
+        if base == "math":
+            return not node.attr.startswith("_")
+        if base == "torch":
+            return node.attr.lstrip("_").startswith("sym_")
+        return node.attr in _TENSOR_ATTRS
+    if isinstance(node, ast.Call):
+        return not node.keywords
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float, str, bool)) or node.value is None
+    return True
+
+
+# The `operator` functions a graph of shapes and ops calls; the others (attrgetter,
+# methodcaller, ...) could reach arbitrary attributes.
+_OPERATOR_FUNCTIONS = frozenset(
+    getattr(operator, name)
+    for name in "getitem add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt ge "
+    "and_ or_ xor not_ invert lshift rshift matmul".split()
+)
+
+
+def _target_ok(target: object) -> bool:
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+        return True
+    if target in _OPERATOR_FUNCTIONS:
+        return True
+    name = getattr(target, "__name__", "")
+    if getattr(math, name, None) is target:
+        return True
+    return name.lstrip("_").startswith("sym_") and getattr(torch, name, None) is target
+
+
+def _check_targets(program: ExportedProgram, path: Path) -> None:
+    """Every function the graph calls must be an op, never an arbitrary torch attribute."""
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if node.op == "call_function" and not _target_ok(node.target):
+                raise InputError(
+                    f"refusing to load {path}: its graph calls {node.target!r} (node "
+                    f"{node.name}), which is not an operator; fxprune.save never writes "
+                    "that. Re-save the model with fxprune.save."
+                )
