@@ -6,8 +6,11 @@ The pipeline, in the order data flows through it:
     graph = fxprune.analyze(gm)                 # coupled channel groups (passes/analyze.py)
     slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
     ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
+    fxprune.cost(slim, example_inputs)          # MACs, FLOPs, parameters
+    fxprune.save(slim, example_inputs, "slim.pt2"); fxprune.load("slim.pt2")
 """
 
+from fxprune.cost import Cost, cost
 from fxprune.errors import (
     AnalysisError,
     FxPruneError,
@@ -20,12 +23,14 @@ from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.passes.analyze import analyze
 from fxprune.passes.slim import prune_channels
 from fxprune.passes.zero import zero_channels
+from fxprune.save import load, save
 from fxprune.trace import trace
 
 __all__ = [
     "AnalysisError",
     "ChannelGraph",
     "ChannelGroup",
+    "Cost",
     "FxPruneError",
     "InputError",
     "Member",
@@ -33,7 +38,10 @@ __all__ = [
     "SurgeryError",
     "TraceError",
     "analyze",
+    "cost",
+    "load",
     "prune_channels",
+    "save",
     "trace",
     "zero_channels",
 ]

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary file that replaces `path` when the block ends without error: written to a
+    temp file beside it, fsynced, then renamed over it; on error the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with replacing(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -29,15 +29,16 @@ compiled native code, and the example inputs (and the legacy layout's weights) f
 ``weights_only=False`` when weights-only loading fails. Its docstring says "Never load data
 from an untrusted source". Besides pickle, the JSON graph reaches code too: symbolic shape
 strings go through ``sympy.sympify`` (which evaluates Python), node names are pasted into the
-Python source that ``GraphModule`` compiles, ``guards_code`` strings are ``exec``-ed by
-``.module()``, and call targets are looked up as any attribute under ``torch`` (``torch.os``).
+Python source that ``GraphModule`` compiles, ``.module()`` compiles the ``guards_code`` strings
+with ``exec`` into a check run on every call, and call targets are looked up as any attribute
+under ``torch`` (``torch.os.system`` resolves).
 
 ``fxprune.save`` writes none of those risky parts, so ``load`` rejects, with ``InputError`` and
 before torch reads the file, any archive that holds one: entries outside the layout above,
-a payload marked ``use_pickle`` or not a raw tensor, example inputs that do not load with
-``weights_only=True``, names that are not dotted identifiers, symbolic expressions with
-anything but sympy constructors, numbers and operators, and guards with anything but size
-arithmetic. After torch has built the program, every called function must be an ATen op, a
+a duplicated entry, a payload marked ``use_pickle`` or not a raw tensor, example inputs that
+do not load with ``weights_only=True``, names with characters that could end a string literal
+or a statement, symbolic expressions with anything but sympy constructors, numbers and
+operators, and guards with anything but size arithmetic. After torch has built the program, every called function must be an ATen op, a
 higher-order op or a ``_operator``/``math``/``torch.sym_*`` function. These checks close every
 path to unpickling and to code execution found in torch 2.14's loader; they are not an audit
 of the whole torch deserializer, so load only files you trust to have come from
@@ -54,23 +55,24 @@ import math
 import operator
 import os
 import re
-import tempfile
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from fxprune import atomic
 from fxprune.cost import as_input_tuple, check_module
 from fxprune.errors import InputError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------- save
@@ -141,19 +143,10 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgr
 
 
 def _write_atomically(program: ExportedProgram, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object, not the temp path: torch names the archive root after a path
-            # and wants it to end in .pt2, which the temp name does not.
-            torch.export.save(program, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path) as f:
+        # A file object, not the temp path: torch names the archive root after a path and
+        # wants it to end in .pt2, which the temp name does not.
+        torch.export.save(program, f)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -186,14 +179,15 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     with f:
         _check_archive(f, path)
         f.seek(0)
-        program = _torch_load(f, path)
+        program = _torch_call(path, lambda: torch.export.load(f))
     _check_targets(program, path)
-    return program.module()
+    return _torch_call(path, program.module)
 
 
-def _torch_load(f: IO[bytes], path: Path) -> ExportedProgram:
+def _torch_call(path: Path, fn: Callable[[], T]) -> T:
+    """`fn()`, with any error it raises reported as `InputError` about the file at `path`."""
     try:
-        return torch.export.load(f)
+        return fn()
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds
         raise InputError(
             f"cannot load {path}: torch.export could not read it ({type(exc).__name__}: "
@@ -251,14 +245,21 @@ def _entries(zf: zipfile.ZipFile) -> dict[str, str]:
     names = zf.namelist()
     roots = {name.partition("/")[0] for name in names}
     if len(roots) != 1 or any("/" not in name for name in names):
-        raise _Unsafe(f"it does not have the one root folder of a .pt2 archive: {sorted(roots)}")
+        raise ValueError(f"not the one root folder of a .pt2 archive: {sorted(roots)}")
+    if len(set(names)) != len(names):
+        # zipfile reads the last copy of a name, torch's reader may read another one.
+        raise _Unsafe("it holds two entries with the same name")
     entries = {name.partition("/")[2]: name for name in names}
+    # Intact before safe: a truncated file can still parse as a zip (the example inputs are
+    # a zip inside the zip), and that is damage, not an attack.
+    for required in ("archive_format", "models/model.json", "data/sample_inputs/model.pt"):
+        if required not in entries:
+            raise KeyError(f"{required} is missing")
+    if zf.read(entries["archive_format"]) != b"pt2":
+        raise ValueError("archive_format is not pt2")
     for entry in entries:
         if not _LAYOUT.fullmatch(entry):
             raise _Unsafe(f"it holds {entry!r}, which is not part of a saved program")
-    for required in ("models/model.json", "data/sample_inputs/model.pt"):
-        if required not in entries:
-            raise KeyError(f"{required} is missing")
     return entries
 
 
@@ -291,13 +292,16 @@ def _check_sample_inputs(zf: zipfile.ZipFile, entries: dict[str, str]) -> None:
         ) from exc
 
 
-# A name is pasted into generated Python source: allow word characters and dots only.
-_NAME = re.compile(r"\w+(\.\w+)*")
+# Names are pasted into the Python source GraphModule compiles: node and argument names as
+# variables (word characters and dots only), attribute paths such as "blocks.conv-1.weight"
+# inside a double-quoted getattr(self, "...") (anything that cannot end that string literal).
+_VARIABLE = re.compile(r"(\w+(\.\w+)*)?")
+_ATTRIBUTE_PATH = re.compile(r"[^\s\"'\\\x00-\x1f\x7f]*")
 
 
-def _check_name(text: str) -> None:
-    if text and not _NAME.fullmatch(text):
-        raise _Unsafe(f"the name {text!r} is not a dotted identifier")
+def _check_name(text: str, pattern: re.Pattern[str] = _ATTRIBUTE_PATH) -> None:
+    if not pattern.fullmatch(text):
+        raise _Unsafe(f"the name {text!r} has characters a name never has")
 
 
 def _strings(obj: object, key: str = "") -> Iterator[tuple[str, str]]:
@@ -318,7 +322,9 @@ def _check_model_json(program: dict[str, Any]) -> None:
             _check_sym_expr(text)
         elif key == "guards_code":
             _check_guard(text)
-        elif key in ("name", "target", "fqn") or key.endswith(("_name", "_names")):
+        elif key == "name" or key.endswith("_names"):
+            _check_name(text, _VARIABLE)
+        elif key in ("target", "fqn") or key.endswith("_name"):
             _check_name(text)
 
 
@@ -360,7 +366,7 @@ def _check_sym_expr(text: str) -> None:
     for tok in tokens:
         if (
             tok.type == tokenize.NUMBER
-            or (tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER) and not tok.string.strip())
+            or (tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER) and not tok.string)
             or (tok.type == tokenize.OP and tok.string in _SYMPY_OPS)
             or (tok.type == tokenize.STRING and _QUOTED_NAME.fullmatch(tok.string))
             or (

@@ -1,0 +1,365 @@
+"""cost(): MACs/FLOPs/params against hand arithmetic and ResNet-18's published figure.
+save()/load(): round trips, a fresh process without the model's class, bad files, atomicity,
+and archives holding what torch.export.load would unpickle or run."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fxprune.cost import Cost, cost
+from fxprune.errors import InputError
+from fxprune.save import load, save
+
+# ------------------------------------------------------------------------------------ cost
+
+
+class ConvLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_cost_matches_hand_arithmetic() -> None:
+    batch = 2
+    # conv: each of the 8x8 output positions of each of the 8 output channels is a 3x3 kernel
+    # over 3 input channels; padding=1 keeps 8x8.
+    conv_macs = batch * (8 * 8) * 8 * (3 * 3 * 3)  # = 27648
+    # linear: 8*8*8 = 512 inputs to each of 10 outputs.
+    fc_macs = batch * 512 * 10  # = 10240
+    # bias, BatchNorm, ReLU, Dropout: elementwise, not counted (module docstring).
+    conv_params = 8 * 3 * 3 * 3 + 8  # weight + bias = 224
+    bn_params = 8 + 8  # weight + bias (running stats are buffers)
+    fc_params = 512 * 10 + 10  # = 5130
+
+    c = cost(ConvLinear(), torch.randn(batch, 3, 8, 8))
+
+    assert c == Cost(
+        macs=conv_macs + fc_macs,
+        flops=2 * (conv_macs + fc_macs),  # FlopCounterMode: one multiply-add = 2 FLOPs
+        params=conv_params + bn_params + fc_params,
+    )
+    assert c.params == sum(p.numel() for p in ConvLinear().parameters())
+
+
+def test_cost_counts_a_shared_parameter_once() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16, bias=False), nn.Linear(16, 16, bias=False)
+            self.b.weight = self.a.weight  # tied: one tensor, two modules
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    model = Tied()
+    per_module = sum(p.numel() for m in (model.a, model.b) for p in m.parameters())
+    assert per_module == 2 * 256
+
+    c = cost(model, torch.randn(1, 16))
+
+    assert c.params == 256
+    assert c.macs == 2 * 16 * 16
+
+
+def test_cost_runs_in_eval_without_grad_and_restores_every_mode() -> None:
+    model = ConvLinear()
+    model.bn.eval()  # mixed modes must come back as they were, not all train or all eval
+    stats = model.bn.running_mean.clone()
+    x = torch.randn(2, 3, 8, 8)
+
+    cost(model, x)
+    model.bn.train()
+    cost(model, x)  # in train mode this forward would update the running stats
+
+    assert model.training and model.conv.training and model.bn.training
+    model.bn.eval()
+    cost(model, x)
+    assert model.training and not model.bn.training
+    torch.testing.assert_close(model.bn.running_mean, stats)
+
+
+def test_cost_of_graph_module_equals_cost_of_module() -> None:
+    model, x = ConvLinear(), torch.randn(1, 3, 8, 8)
+    assert cost(torch.fx.symbolic_trace(model), [x]) == cost(model, x)
+
+
+def test_ratio_is_self_over_other() -> None:
+    before = Cost(macs=400, flops=800, params=100)
+    after = Cost(macs=100, flops=200, params=50)
+
+    assert before.ratio(after) == {"macs": 4.0, "params": 2.0}
+    assert after.ratio(before) == {"macs": 0.25, "params": 0.5}
+    assert before.ratio(Cost(macs=0, flops=0, params=50))["macs"] == float("inf")
+
+
+def test_resnet18_matches_published_figures() -> None:
+    c = cost(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224))
+
+    assert abs(c.macs - 1.814e9) / 1.814e9 < 0.01
+    assert c.flops == 2 * c.macs
+    assert c.params == 11_689_512
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "message"),
+    [
+        ("not a module", torch.randn(1, 3, 8, 8), "must be a torch.nn.Module"),
+        (ConvLinear(), [1, 2], "tensor or a sequence of tensors"),
+        (ConvLinear(), "x", "tensor or a sequence of tensors"),
+        (ConvLinear(), torch.randn(1, 5, 8, 8), "do not run through the model"),
+    ],
+)
+def test_cost_rejects_bad_input(model: object, inputs: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        cost(model, inputs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- save/load
+
+
+class ConvBnReluLinear(nn.Module):
+    """Lives only in this test module: a fresh process cannot import it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def traced() -> torch.fx.GraphModule:
+    model = ConvBnReluLinear()
+    with torch.no_grad():  # non-trivial statistics, so BatchNorm is not an identity
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    return torch.fx.symbolic_trace(model.eval())
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[torch.fx.GraphModule, Path]:
+    gm = traced()
+    return gm, save(gm, torch.randn(3, 3, 4, 4), tmp_path / "model.pt2")
+
+
+@pytest.mark.parametrize("saved_batch", [1, 3])
+def test_round_trip_at_saved_and_other_batch_sizes(tmp_path: Path, saved_batch: int) -> None:
+    gm = traced()
+    path = save(gm, torch.randn(saved_batch, 3, 4, 4), tmp_path / "model.pt2")
+    loaded = load(path)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]  # no temp file left
+    for batch in (saved_batch, 1, 5):
+        x = torch.randn(batch, 3, 4, 4)
+        torch.testing.assert_close(loaded(x), gm(x))
+    assert cost(loaded, x) == cost(gm, x)  # the loaded module cannot .eval(); cost copes
+
+
+def test_a_model_that_cannot_have_a_dynamic_batch_is_saved_static(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FixedBatch(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(2, -1).sum(0)  # only valid when the batch divides evenly
+
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="fxprune.save"):
+        loaded = load(save(FixedBatch(), x, tmp_path / "fixed.pt2"))
+
+    assert "static shapes" in caplog.text
+    torch.testing.assert_close(loaded(x), FixedBatch()(x))
+
+
+CHILD = textwrap.dedent(
+    """
+    import importlib.util, sys
+    import torch
+    from fxprune.save import load
+
+    model = load(sys.argv[1])
+    x = torch.load(sys.argv[2], weights_only=True)
+    torch.save(model(x).detach(), sys.argv[3])
+    # The model's class was never importable here, and loading imported no test code.
+    assert importlib.util.find_spec("test_cost_save") is None
+    assert not [m for m in sys.modules if "test_cost_save" in m]
+    """
+)
+
+
+def test_saved_file_loads_in_a_fresh_process_without_the_class(
+    saved: tuple[torch.fx.GraphModule, Path], tmp_path: Path
+) -> None:
+    gm, path = saved
+    x = torch.randn(2, 3, 4, 4)
+    torch.save(x, tmp_path / "x.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        cwd=tmp_path,  # not the tests folder: the child cannot import this module
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), gm(x))
+
+
+def test_missing_file_raises_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="No such file"):
+        load(tmp_path / "absent.pt2")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 0.0])
+def test_truncated_file_raises_input_error(
+    saved: tuple[torch.fx.GraphModule, Path], keep: float
+) -> None:
+    _, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+    with pytest.raises(InputError, match="truncated or damaged") as info:
+        load(path)
+    assert info.value.__cause__ is not None  # the original error stays chained
+
+
+def test_not_an_archive_raises_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt2"
+    path.write_text("not a model")
+    with pytest.raises(InputError, match="not an intact fxprune archive"):
+        load(path)
+
+
+def test_failed_save_leaves_no_file_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_save(program: object, f: io.BufferedWriter) -> None:
+        f.write(b"half an archive")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch.export, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save(traced(), torch.randn(2, 3, 4, 4), tmp_path / "model.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+    # Over an existing file, a failed save leaves the old file as it was.
+    (tmp_path / "model.pt2").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        save(traced(), torch.randn(2, 3, 4, 4), tmp_path / "model.pt2")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    assert (tmp_path / "model.pt2").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(("model", "inputs"), [("x", torch.randn(1)), (ConvBnReluLinear(), [1.0])])
+def test_save_rejects_bad_input(tmp_path: Path, model: object, inputs: object) -> None:
+    with pytest.raises(InputError):
+        save(model, inputs, tmp_path / "model.pt2")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------- archives torch.export.load would run
+
+
+class _Touch:
+    """Unpickling this creates `marker`: proof that something was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[object, ...]]:
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _pickled_weight(files: dict[str, bytes], marker: Path) -> None:
+    key = "archive/data/weights/model_weights_config.json"
+    config = json.loads(files[key])
+    meta = config["config"]["fc.bias"]
+    meta["use_pickle"] = True
+    files[key] = json.dumps(config).encode()
+    buffer = io.BytesIO()
+    torch.save(_Touch(marker), buffer)
+    files["archive/data/weights/" + meta["path_name"]] = buffer.getvalue()
+
+
+def _pickled_sample_inputs(files: dict[str, bytes], marker: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(_Touch(marker), buffer)
+    files["archive/data/sample_inputs/model.pt"] = buffer.getvalue()
+
+
+def _code_in_symbolic_shape(files: dict[str, bytes], marker: Path) -> None:
+    # sympy.sympify evaluates its string argument as Python.
+    key = "archive/models/model.json"
+    text = files[key].decode()
+    assert "Symbol(" in text  # the batch dim is dynamic, so the graph has symbolic shapes
+    files[key] = text.replace(
+        "Symbol(", f"__import__('pathlib').Path({str(marker)!r}).touch() or Symbol(", 1
+    ).encode()
+
+
+def _code_in_guard(files: dict[str, bytes], marker: Path) -> None:
+    # ExportedProgram.module() compiles guards_code into a check that runs on every call.
+    key = "archive/models/model.json"
+    program = json.loads(files[key])
+    program["guards_code"] = [f"__import__('pathlib').Path({str(marker)!r}).touch() is None"]
+    files[key] = json.dumps(program).encode()
+
+
+def _rewrite(path: Path, tamper: Callable[[dict[str, bytes]], None]) -> None:
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    tamper(files)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+
+
+def test_rewritten_archive_still_loads(saved: tuple[torch.fx.GraphModule, Path]) -> None:
+    """The control for the test below: rewriting the zip alone does not make load fail."""
+    gm, path = saved
+    _rewrite(path, lambda files: None)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(load(path)(x), gm(x))
+
+
+@pytest.mark.parametrize(
+    "tamper", [_pickled_weight, _pickled_sample_inputs, _code_in_symbolic_shape, _code_in_guard]
+)
+def test_archive_that_would_run_code_is_refused_before_it_runs(
+    saved: tuple[torch.fx.GraphModule, Path],
+    tmp_path: Path,
+    tamper: Callable[[dict[str, bytes], Path], None],
+) -> None:
+    # Each of these runs code under a plain torch.export.load(path).module()(x) (torch 2.14.1).
+    _, path = saved
+    marker = tmp_path / "ran"
+    _rewrite(path, lambda files: tamper(files, marker))
+
+    with pytest.raises(InputError, match="refusing to load"):
+        load(path)
+    assert not marker.exists()
