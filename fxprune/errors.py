@@ -33,6 +33,10 @@ class SurgeryError(FxPruneError):
     """Surgery produced a graph whose shapes do not match the plan (a bug: please report it)."""
 
 
+class ExportError(FxPruneError):
+    """The model cannot be exported, or the exported file does not compute what PyTorch does."""
+
+
 def user_line(node: torch.fx.Node) -> str:
     """The last frame of the node's stack trace: the user's source line, or '' if unknown."""
     trace = node.stack_trace or ""

@@ -481,6 +481,9 @@ def _shifted_window_attention(cx: Context, op: Op) -> Flow:
     unit = np.tile(cx.atoms.unite(ids.reshape(heads, -1), 0, cx.where), heads)
     cx.atoms.mark_inexact(unit, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
     rows = np.concatenate([unit, unit, unit])
+    # per-head tensors: heads are never removed here
+    cx.freeze_all((cx.arg(3, "relative_position_bias"), cx.arg(11, "logit_scale")),
+                  f"per-head tensor of attention at {cx.where}")
     for arg, name, dim, atoms in ((1, "qkv_weight", 1, ids), (1, "qkv_weight", 0, rows),
                                   (9, "qkv_bias", 0, rows), (2, "proj_weight", 1, unit),
                                   (2, "proj_weight", 0, unit), (10, "proj_bias", 0, unit)):

@@ -122,3 +122,14 @@ def test_a_concat_input_cannot_be_emptied() -> None:
     g = group_with(graph, "blocks.0.a.weight", 0)  # a (2) and b (3) joined by the residual add
     with pytest.raises(fxprune.PruneError, match="removes every channel of blocks.0.a.weight"):
         fxprune.prune_channels(gm, graph, {g.id: [0, 1]})
+
+
+def test_slim_model_saves_and_loads_without_its_classes(tmp_path) -> None:  # noqa: ANN001
+    gm, graph, x = _prepare("squeeze_excite")
+    remove = random_removal(graph, 0.5, 0)
+    slim = fxprune.prune_channels(gm, graph, remove)
+    path = fxprune.save(slim, x, tmp_path / "slim.pt2")
+    loaded = fxprune.load(path)
+    assert_equivalent(loaded, slim, x)
+    assert_equivalent(loaded, slim, torch.cat([x, x, x]))  # another batch size
+    assert fxprune.cost(loaded, x).params == fxprune.cost(slim, x).params

@@ -313,6 +313,10 @@ def _collect(cx: Context) -> ChannelGraph:
     for g_id in range(len(group_roots)):
         count = counts[group_roots[g_id]]
         reason = frozen.get(g_id)
+        owners = {m.param for m in members[g_id] if m.param is not None}
+        if reason is None and len(owners) == 1 and all(
+                m.role == "bare" for m in members[g_id] if m.param is not None):
+            reason = f"only the parameter {owners.pop()} holds these channels; nothing reads them"
         if reason is None and count < 2:
             reason = "a single channel: at least one channel is always kept"
         groups.append(ChannelGroup(
