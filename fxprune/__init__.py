@@ -8,17 +8,21 @@ The pipeline, in the order data flows through it:
     ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
     fxprune.cost(slim, example_inputs)          # MACs, FLOPs, parameters
     fxprune.save(slim, example_inputs, "slim.pt2"); fxprune.load("slim.pt2")
+    fxprune.export_onnx(slim, example_inputs, "slim.onnx")  # verified in onnxruntime (export/)
 """
 
 from fxprune.cost import Cost, cost
 from fxprune.errors import (
     AnalysisError,
+    ExportError,
     FxPruneError,
     InputError,
     PruneError,
     SurgeryError,
     TraceError,
 )
+from fxprune.export.deploy import deploy_report
+from fxprune.export.onnx import ExportReport, export_onnx
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.passes.analyze import analyze
 from fxprune.passes.slim import prune_channels
@@ -31,6 +35,8 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "Cost",
+    "ExportError",
+    "ExportReport",
     "FxPruneError",
     "InputError",
     "Member",
@@ -39,6 +45,8 @@ __all__ = [
     "TraceError",
     "analyze",
     "cost",
+    "deploy_report",
+    "export_onnx",
     "load",
     "prune_channels",
     "save",

@@ -74,19 +74,50 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fxprune.export.deploy import deploy_report
+    from fxprune.export.onnx import export_onnx
+
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model)
+    model = load_model(args.model)
+    x = example_input(shape, args.input_dtype)
+    report = export_onnx(model, x, args.output, opset=args.opset,
+                         dynamic_batch=not args.static_batch, check=not args.no_check)
+    print(report)
+    if args.compare:
+        original = load_model(args.compare)
+        print(f"\ndeployment: {args.compare} against {args.model}, onnxruntime on the CPU\n")
+        print(deploy_report(original, model, x, repeats=args.repeats).to_markdown())
+    return 0
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="torchvision:NAME, path/to/file.py:factory, or a saved .pt2")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--input-dtype", default="float32", choices=["float32", "float64", "int64"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="show the coupled channel groups of a model")
-    p.add_argument("model", help="torchvision:NAME or path/to/file.py:factory")
-    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
-    p.add_argument("--input-dtype", default="float32", choices=["float32", "float64", "int64"])
+    _add_model_arguments(p)
     p.add_argument("--strict", action="store_true", help="fail on ops fxprune does not know")
     p.add_argument("--json", help="write the groups as JSON")
     p.add_argument("--dot", help="write the graph as Graphviz dot")
     p.add_argument("--html", help="write a self-contained HTML page drawing the groups")
     p.set_defaults(run=_inspect)
+    p = sub.add_parser("export", help="export a model to ONNX, checked against PyTorch")
+    _add_model_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--static-batch", action="store_true", help="do not make the batch dynamic")
+    p.add_argument("--no-check", action="store_true", help="keep the file even if parity fails")
+    p.add_argument("--compare", metavar="ORIGINAL",
+                   help="also report params, MACs, ONNX size and latency against ORIGINAL")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
+    p.set_defaults(run=_export)
     return parser
 
 

@@ -16,12 +16,17 @@ _DEFAULT_SIZE = {"inception_v3": 299}
 
 
 def load_model(spec: str) -> nn.Module:
-    """Build the model a spec names, in eval mode, with random weights (nothing downloaded)."""
+    """Build the model a spec names, in eval mode, with random weights (nothing downloaded),
+    or load a model saved with `fxprune.save` (a .pt2 file)."""
+    if spec.endswith(".pt2"):
+        from fxprune.save import load
+
+        return load(spec)
     kind, sep, name = spec.partition(":")
     if not sep or not name:
         raise InputError(
-            f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50) "
-            "or path/to/file.py:factory"
+            f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50), "
+            "path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
         )
     if kind == "torchvision":
         import torchvision

@@ -1,1 +1,2 @@
-"""Writing results out: channel-group pictures (dot, HTML)."""
+"""Writing results out: ONNX files checked in onnxruntime, deployment figures, and the
+channel-group pictures (dot, HTML)."""

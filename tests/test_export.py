@@ -1,0 +1,121 @@
+"""ONNX export: parity with PyTorch in onnxruntime, dynamic batch, atomic writes, refusals."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torchvision
+from helpers import random_removal
+from models import MODELS, build
+from torch import nn
+
+import fxprune
+from fxprune.cli import main
+from fxprune.export import onnx as onnx_export
+from fxprune.export.deploy import deploy_report
+from fxprune.export.onnx import export_onnx
+
+FIXED_BATCH = {"literals"}  # views with a literal batch size of 2
+
+
+def _slim(model: nn.Module, x: torch.Tensor, fraction: float = 0.3) -> torch.fx.GraphModule:
+    gm = fxprune.trace(model, x)
+    graph = fxprune.analyze(gm)
+    return fxprune.prune_channels(gm, graph, random_removal(graph, fraction, 0))
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - FIXED_BATCH))
+def test_pruned_tiny_models_export_with_parity_at_two_batch_sizes(name: str, tmp_path: Path) -> None:
+    model, x = build(name)
+    report = export_onnx(_slim(model, x), x, tmp_path / "m.onnx")
+    assert report.exporter == "dynamo" and report.fallback_reason is None
+    assert report.batch_sizes == (2, 3)
+    assert report.max_rel_diff < 1e-3
+    onnx.checker.check_model(str(report.path))
+
+
+def test_a_model_that_fixes_its_batch_says_so_and_exports_statically(tmp_path: Path) -> None:
+    model, x = build("literals")
+    with pytest.raises(fxprune.ExportError, match="dynamic_batch=False"):
+        export_onnx(model, x, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+    report = export_onnx(model, x, tmp_path / "m.onnx", dynamic_batch=False)
+    assert report.batch_sizes == (2,)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_large", "efficientnet_b0",
+                                  "densenet121", "convnext_tiny", "vit_b_16", "swin_t",
+                                  "shufflenet_v2_x1_0"])
+def test_pruned_torchvision_models_export_with_parity(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    slim = _slim(torchvision.models.get_model(name).eval(), x)
+    report = export_onnx(slim, x, tmp_path / f"{name}.onnx")
+    assert report.exporter == "dynamo"
+    assert report.batch_sizes == (2, 3)
+    assert report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
+
+
+def test_parity_failure_raises_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = build("residual")
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"previous")
+    real = onnx_export._torch_outputs
+    monkeypatch.setattr(onnx_export, "_torch_outputs", lambda m, i: [o + 1 for o in real(m, i)])
+    with pytest.raises(fxprune.ExportError, match="no file was written"):
+        export_onnx(model, x, target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temp file left
+
+
+def test_falls_back_to_the_legacy_exporter_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("simulated exporter failure")
+
+    monkeypatch.setattr(onnx_export, "_dynamo", broken)
+    model, x = build("residual")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx(model, x, tmp_path / "m.onnx")
+    assert report.exporter == "legacy"
+    assert "simulated exporter failure" in report.fallback_reason
+    assert any("legacy TorchScript exporter" in str(w.message) for w in caught)
+    assert report.max_rel_diff < 1e-3
+
+
+def test_fxprune_only_modules_must_be_finished_first(tmp_path: Path) -> None:
+    class Marker(nn.Identity):
+        fxprune_only = True
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Marker())
+    with pytest.raises(fxprune.ExportError, match="finish pruning first"):
+        export_onnx(model, torch.randn(1, 3, 4, 4), tmp_path / "m.onnx")
+
+
+def test_deploy_report_sets_both_models_side_by_side() -> None:
+    model, x = build("residual")
+    slim = _slim(model, x, fraction=0.5)
+    report = deploy_report(model, slim, x, batch_sizes=(1, 4), repeats=3)
+    ratios = report.ratios()
+    assert ratios["params"] > 1.3 and ratios["macs"] > 1.3 and ratios["onnx_bytes"] > 1.1
+    assert set(report.original.latency_ms) == {1, 4}
+    assert "onnxruntime latency, batch 4" in report.to_markdown()
+
+
+def test_cli_exports_a_saved_slim_model_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, x = build("squeeze_excite")
+    here = str(Path(__file__).parent)
+    (tmp_path / "m.py").write_text(
+        f"import sys\nsys.path.insert(0, {here!r})\nfrom models import SqueezeExcite\n"
+        "def make():\n    return SqueezeExcite()\n")
+    saved = fxprune.save(_slim(model, x, 0.5), x, tmp_path / "slim.pt2")
+    code = main(["export", str(saved), "--input-shape", "2,3,6,6", "-o", str(tmp_path / "s.onnx"),
+                 "--compare", f"{tmp_path / 'm.py'}:make", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "dynamo exporter, dynamic batch" in out and "| params |" in out
+    assert (tmp_path / "s.onnx").is_file()
