@@ -110,7 +110,7 @@ def _batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, Any] | No
     return tuple({0: batch} if t.dim() > 0 else None for t in inputs)
 
 
-def _trace_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def trace_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The inputs to trace with: a batch of 1 doubled, since export specialises size 1."""
     batched = [t for t in inputs if t.dim() > 0]
     if batched and all(t.shape[0] == 1 for t in batched):
@@ -124,7 +124,7 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgr
     shapes = _batch_shapes(inputs)
     if any(s is not None for s in shapes):
         try:
-            return torch.export.export(model, _trace_inputs(inputs), dynamic_shapes=shapes)
+            return torch.export.export(model, trace_inputs(inputs), dynamic_shapes=shapes)
         except Exception as exc:  # noqa: BLE001 - export raises many kinds; static may work
             log.warning(
                 "torch.export cannot make dim 0 a dynamic batch dim (%s: %s); exporting with "

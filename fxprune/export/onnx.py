@@ -24,6 +24,7 @@ from torch import nn
 
 from fxprune.cost import as_input_tuple, check_module
 from fxprune.errors import ExportError
+from fxprune.save import trace_inputs
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def _dynamo(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset
     # The exporter prints its progress; keep the library quiet (the report says what happened).
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
+        traced = trace_inputs(inputs) if dynamic_batch else inputs
+        program = torch.onnx.export(model, traced, dynamo=True, opset_version=opset,
                                     dynamic_shapes=shapes, external_data=False, verbose=False)
         program.save(path)
     return int(program.model.opset_imports.get("", opset or 18))
