@@ -4,6 +4,8 @@ The pipeline, in the order data flows through it:
 
     gm = fxprune.trace(model, example_inputs)   # torch.fx graph with shapes
     graph = fxprune.analyze(gm)                 # coupled channel groups (passes/analyze.py)
+    ext = fxprune.insert_catalysts(gm, graph)   # catalysts for training (passes/catalyst.py)
+    fxprune.catalyst_penalty(ext)               # ||DW||_{2,1}; CatalystPruner drives it all
     slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
     ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
     fxprune.cost(slim, example_inputs)          # MACs, FLOPs, parameters
@@ -25,13 +27,16 @@ from fxprune.export.deploy import deploy_report
 from fxprune.export.onnx import ExportReport, export_onnx
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.passes.analyze import analyze
+from fxprune.passes.catalyst import catalyst_penalty, insert_catalysts
 from fxprune.passes.slim import prune_channels
 from fxprune.passes.zero import zero_channels
+from fxprune.pruner import CatalystPruner
 from fxprune.save import load, save
 from fxprune.trace import trace
 
 __all__ = [
     "AnalysisError",
+    "CatalystPruner",
     "ChannelGraph",
     "ChannelGroup",
     "Cost",
@@ -44,9 +49,11 @@ __all__ = [
     "SurgeryError",
     "TraceError",
     "analyze",
+    "catalyst_penalty",
     "cost",
     "deploy_report",
     "export_onnx",
+    "insert_catalysts",
     "load",
     "prune_channels",
     "save",

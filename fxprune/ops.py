@@ -43,7 +43,9 @@ class Op:
     in_params: Mapping[str, int] = field(default_factory=dict)  # param -> dim along input channels
     sync: Sync | None = None  # module attributes that hold channel counts
     rewrite: Rewrite | None = None  # graph constants that hold channel counts
-    catalyst_after: bool = False  # a channel-wise op a catalyst may take the place of
+    # A channel-wise op (norm with per-channel statistics, activation) that belongs to the sigma
+    # a catalyst wraps: psi(u) = D*u - Dbar*u + sigma(u) with u the producer's output.
+    catalyst_after: bool = False
 
 
 # --- rules -------------------------------------------------------------------------------------
@@ -627,9 +629,9 @@ def _rewrite_layer_norm(rx: Resize, node: torch.fx.Node) -> None:
 # --- the table ---------------------------------------------------------------------------------
 
 _CONV = Op(flow=_conv, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
-           sync=_sync_conv, catalyst_after=True)
+           sync=_sync_conv)
 _CONV_T = Op(flow=_conv, out_params={"weight": 1, "bias": 0}, in_params={"weight": 0},
-             sync=_sync_conv, catalyst_after=True)
+             sync=_sync_conv)
 _NORM_PARAMS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
 _BATCHNORM = Op(flow=_batchnorm, out_params=_NORM_PARAMS, sync=_sync_batchnorm,
                 catalyst_after=True)
@@ -644,12 +646,11 @@ MODULES: dict[type, Op] = {
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _CONV),
     **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _CONV_T),
     nn.Linear: Op(flow=_linear, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
-                  sync=_sync_linear, catalyst_after=True),
+                  sync=_sync_linear),
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                      nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), _BATCHNORM),
-    nn.GroupNorm: Op(flow=_groupnorm, out_params={"weight": 0, "bias": 0}, sync=_sync_groupnorm,
-                     catalyst_after=True),
-    nn.LayerNorm: Op(flow=_layernorm, sync=_sync_layernorm, catalyst_after=True),
+    nn.GroupNorm: Op(flow=_groupnorm, out_params={"weight": 0, "bias": 0}, sync=_sync_groupnorm),
+    nn.LayerNorm: Op(flow=_layernorm, sync=_sync_layernorm),
     nn.PReLU: Op(flow=_prelu, sync=_sync_prelu, catalyst_after=True),
     nn.Embedding: Op(flow=_embedding, out_params={"weight": 1}, sync=_sync_embedding),
     nn.MultiheadAttention: Op(flow=_multihead_attention, sync=_sync_attention,

@@ -1,0 +1,78 @@
+"""The methods Catalyst is measured against, scored on the same channel groups.
+
+- ``group-lasso``: regularise with sum ||G_i|| (DepGraph's group-L2 sparse learning), prune the
+  smallest ||G_i||;
+- ``slimming``: regularise with the L1 norm of the norm layers' scales (network slimming),
+  prune the smallest |scale|;
+- ``l1``: no regulariser, prune the smallest L1 norm of the producing conv/linear rows;
+- ``magnitude``: no regulariser, prune the smallest ||G_i|| (one-shot).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxprune.graph import ChannelGraph
+from fxprune.passes.catalyst import channel_sums, group_slices
+
+METHODS = ("group-lasso", "slimming", "l1", "magnitude")
+_TARGET = {"group-lasso": "group", "magnitude": "group", "slimming": "bn-scale", "l1": "group"}
+_POWER = {"group-lasso": 2, "magnitude": 2, "slimming": 1, "l1": 1}
+
+
+class Scorer:
+    """Per-channel scores of one method over every prunable group (differentiable)."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, method: str) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.slices = {}
+        for g in graph.prunable:
+            slices = group_slices(model, g, _TARGET[method])
+            if method == "l1":  # the producing conv/linear rows only
+                slices = [s for s in slices if _is_producer(model, s[0])]
+            if slices:
+                self.slices[g.id] = (slices, g.channels)
+
+    def scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
+        power = _POWER[self.method]
+        out = {}
+        for gid, (slices, channels) in self.slices.items():
+            total = channel_sums(model, slices, channels, power=power)
+            out[gid] = (total + 1e-12).sqrt() if power == 2 else total
+        return out
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """The method's regulariser: the sum of all scores (zero for one-shot methods)."""
+        if self.method in ("l1", "magnitude"):
+            return torch.zeros((), device=next(model.parameters()).device)
+        return torch.stack([s.sum() for s in self.scores(model).values()]).sum()
+
+    def lowest(self, model: nn.Module, share: float) -> dict[int, list[int]]:
+        """Remove the globally lowest-scored `share` of channels (each group keeps one)."""
+        with torch.no_grad():
+            scores = {g: s.detach().cpu().numpy() for g, s in self.scores(model).items()}
+        flat = sorted((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s))
+        budget = int(round(share * len(flat)))
+        remove: dict[int, list[int]] = {}
+        for _, g, i in flat:
+            if budget == 0:
+                break
+            if len(remove.get(g, [])) < len(scores[g]) - 1:
+                remove.setdefault(g, []).append(i)
+                budget -= 1
+        return {g: sorted(v) for g, v in remove.items()}
+
+
+def _is_producer(model: nn.Module, param: str) -> bool:
+    owner = model.get_submodule(param.rpartition(".")[0]) if "." in param else None
+    return isinstance(owner, (nn.modules.conv._ConvNd, nn.Linear)) and param.endswith(".weight")
+
+
+def initial_norms(model: nn.Module, graph: ChannelGraph) -> dict[int, np.ndarray]:
+    """||G_i|| per channel per prunable group (group target), as numbers."""
+    with torch.no_grad():
+        return {g: s.cpu().numpy() for g, s in Scorer(model, graph, "magnitude").scores(model).items()}

@@ -1,0 +1,211 @@
+"""Catalyst insertion: extend a traced model with one catalyst (D) per prunable group.
+
+For each prunable group, every producer of its channels (a conv or linear whose output rows
+belong to the group) becomes a *site*: the channel-wise ops right after it (BatchNorm,
+activation: the op table's ``catalyst_after``) are sigma, the producer's output is u, and a
+``call_module`` node ``catalyst_<group>`` is inserted after sigma computing
+
+    psi(u) = sigma(u) + (D - stopgrad(D)) * u
+
+so the extended model computes exactly the original function (the twin Dbar is a stop-gradient
+copy of D: the reading the prototype found lossless), while D receives the task loss gradient
+sum(dL/dpsi * u) and the regulariser's. D starts at c times each channel's group norm ||G_i||.
+
+Reads the ChannelGraph of `analyze`; returns a new GraphModule (the input stays usable). Groups
+with no conv/linear producer, or (``target="bn"``) no norm parameters, get no catalyst.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch import nn
+
+from fxprune import ops
+from fxprune.errors import InputError
+from fxprune.graph import ChannelGraph, ChannelGroup
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+TARGETS = ("group", "bn")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One parameter slice inside G: `param` along `dim`; index positions[k] is channel[k]."""
+
+    param: str
+    dim: int
+
+
+class Catalyst(nn.Module):
+    """D for one channel group, applied at one or more sites (producers of its channels)."""
+
+    fxprune_only = True  # a training-time module: export refuses models that still hold one
+
+    def __init__(self, group: int, d: torch.Tensor, sites: list[tuple[torch.Tensor, int]],
+                 sources: list[tuple[Source, torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.group = group
+        self.d = nn.Parameter(d.clone())
+        self.site_dims = [dim for _, dim in sites]
+        for k, (index, _) in enumerate(sites):
+            self.register_buffer(f"site{k}", index)
+        self.sources = [src for src, _, _ in sources]
+        for k, (_, positions, channels) in enumerate(sources):
+            self.register_buffer(f"src{k}_pos", positions)
+            self.register_buffer(f"src{k}_chan", channels)
+
+    def forward(self, out: torch.Tensor, u: torch.Tensor, site: int) -> torch.Tensor:
+        d = self.d[getattr(self, f"site{site}")]
+        shape = [1] * u.dim()
+        shape[self.site_dims[site]] = -1
+        # D - stopgrad(D) is exactly zero: the value is sigma(u); the gradient reaches D.
+        return out + (d - d.detach()).view(shape) * u
+
+    def magnitude(self, root: nn.Module) -> torch.Tensor:
+        """||G_i|| of every channel of the group: sqrt(sum of squares + 1e-12)."""
+        slices = [(src.param, src.dim, getattr(self, f"src{k}_pos"), getattr(self, f"src{k}_chan"))
+                  for k, src in enumerate(self.sources)]
+        return (channel_sums(root, slices, self.d.numel(), power=2) + 1e-12).sqrt()
+
+    def ratios(self, root: nn.Module) -> torch.Tensor:
+        """c_i = |D_i| / ||G_i||."""
+        return self.d.detach().abs() / self.magnitude(root).detach()
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}, channels={self.d.numel()}, sites={len(self.site_dims)}"
+
+
+Slice = tuple[str, int, torch.Tensor, torch.Tensor]  # param, dim, positions, channels
+
+
+def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: int) -> torch.Tensor:
+    """Per channel, the sum of |x|**power over every parameter slice that holds it
+    (differentiable; `power` 2 gives squared group norms, 1 gives L1 norms)."""
+    first = root.get_parameter(slices[0][0])
+    total = torch.zeros(channels, device=first.device, dtype=first.dtype)
+    for param, dim, positions, chans in slices:
+        p = root.get_parameter(param)
+        flat = p.movedim(dim, 0).reshape(p.shape[dim], -1)
+        rows = (flat.pow(2) if power == 2 else flat.abs().pow(power)).sum(1)
+        total = total.index_add(0, chans, rows[positions].to(total.dtype))
+    return total
+
+
+def catalysts(gm: nn.Module) -> Iterator[tuple[str, Catalyst]]:
+    for name, module in gm.named_modules():
+        if isinstance(module, Catalyst):
+            yield name, module
+
+
+def catalyst_penalty(gm: nn.Module) -> torch.Tensor:
+    """||DW||_{2,1}: the sum over groups and channels of |D_i| ||G_i||, differentiable."""
+    terms = [(m.d.abs() * m.magnitude(gm)).sum() for _, m in catalysts(gm)]
+    if not terms:
+        raise InputError("the model holds no catalyst: build it with fxprune.insert_catalysts")
+    return torch.stack(terms).sum()
+
+
+def group_slices(gm: nn.Module, group: ChannelGroup, target: str) -> list[Slice]:
+    """The parameter slices that make G for `group`: "group" (every trainable slice holding
+    the channels: producer rows, biases, norm scale and shift) or "bn" (norm scale and shift),
+    or "bn-scale" (norm scale only, network slimming's)."""
+    return [(src.param, src.dim, pos, chan) for src, pos, chan in _sources(gm, group, target)]
+
+
+def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list:
+    params = dict(gm.named_parameters())
+    out = []
+    for m in group.params:
+        if m.role == "in" or m.param not in params:
+            continue
+        owner = gm.get_submodule(m.param.rpartition(".")[0]) if "." in m.param else None
+        if target in ("bn", "bn-scale") and not isinstance(owner, _NORMS):
+            continue
+        if target == "bn-scale" and not m.param.endswith(".weight"):
+            continue
+        device = params[m.param].device
+        out.append((Source(m.param, m.dim),
+                    torch.tensor(m.positions, dtype=torch.long, device=device),
+                    torch.tensor(m.channels, dtype=torch.long, device=device)))
+    return out
+
+
+def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx.Node, object]]:
+    """Producer nodes of the group's channels, with their output tensor member."""
+    producers = {m.node for m in group.params if m.role == "out" and m.param.endswith(".weight")}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    sites = []
+    for m in group.members:
+        node = nodes.get(m.node)
+        if (m.param is None and m.output is None and m.node in producers
+                and node is not None and node.op == "call_module"):
+            entry = ops.lookup(node, gm.get_submodule(node.target))
+            # conv / linear / embedding make channels; norms and activations only follow them
+            if entry is not None and "weight" in entry.out_params and not entry.catalyst_after:
+                sites.append((node, m))
+    return sites
+
+
+def _sigma_end(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
+    """The last of the channel-wise ops that follow `node` one after the other."""
+    while len(node.users) == 1:
+        (user,) = node.users
+        module = gm.get_submodule(user.target) if user.op == "call_module" else None
+        entry = ops.lookup(user, module)
+        if entry is None or not entry.catalyst_after or user.args[:1] != (node,):
+            break
+        node = user
+    return node
+
+
+def insert_catalysts(
+    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float = 1.0, target: str = "group"
+) -> torch.fx.GraphModule:
+    """A copy of `gm` with a catalyst after each producer of each prunable group's channels."""
+    if target not in TARGETS:
+        raise InputError(f"target must be one of {TARGETS}, got {target!r}")
+    if c <= 0:
+        raise InputError(f"c must be positive, got {c}")
+    extended = copy.deepcopy(gm)
+    for group in graph.prunable:
+        sources, sites = _sources(extended, group, target), _sites(extended, group)
+        if not sources or not sites:
+            continue
+        name = f"catalyst_{group.id}"
+        device = extended.get_parameter(sources[0][0].param).device
+        site_specs = [(torch.tensor(m.channels, dtype=torch.long, device=device), m.dim)
+                      for _, m in sites]
+        probe = Catalyst(group.id, torch.zeros(group.channels, device=device), site_specs, sources)
+        with torch.no_grad():
+            d = c * probe.magnitude(extended)
+        extended.add_submodule(name, Catalyst(group.id, d, site_specs, sources))
+        for k, (producer, _) in enumerate(sites):
+            end = _sigma_end(extended, producer)
+            with extended.graph.inserting_after(end):
+                node = extended.graph.create_node(
+                    "call_module", name, (end, producer, k), name=name if k == 0 else f"{name}_site{k}")
+            end.replace_all_uses_with(node, delete_user_cb=lambda user, new=node: user is not new)
+            node.meta = dict(end.meta)
+    extended.graph.lint()
+    extended.recompile()
+    return extended
+
+
+def strip_catalysts(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of `gm` without catalysts: each catalyst node is replaced by sigma(u), which is
+    what it computes, so the function does not change."""
+    plain = copy.deepcopy(gm)
+    for node in list(plain.graph.nodes):
+        if node.op == "call_module" and isinstance(plain.get_submodule(node.target), Catalyst):
+            node.replace_all_uses_with(node.args[0])
+            plain.graph.erase_node(node)
+    for name, _ in list(catalysts(plain)):
+        plain.delete_submodule(name)
+    plain.graph.lint()
+    plain.recompile()
+    return plain

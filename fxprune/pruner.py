@@ -1,0 +1,222 @@
+"""CatalystPruner: the Catalyst method (arXiv 2507.14170) as users drive it.
+
+    pruner = CatalystPruner(model, example_inputs, c=1.2, gamma=0.02)
+    optimizer = pruner.sgd(lr=0.02, momentum=0.9, weight_decay=5e-4)  # checks the step size
+    for x, y in data:                                  # opt1: task loss + gamma * ||DW||_{2,1}
+        loss = F.cross_entropy(pruner.model(x), y) + pruner.penalty()
+        ...; if pruner.converged(): break
+    intermediate = pruner.prune()                      # channels with c > 1 removed, D kept
+    final = pruner.finalize()                          # opt2: D removed, original op types
+
+Decisions are read from the model's parameters only, so they are identical on every rank of a
+DistributedDataParallel run (DDP keeps parameters equal).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from fxprune.errors import PruneError
+from fxprune.passes.analyze import analyze
+from fxprune.passes.catalyst import catalyst_penalty, catalysts, insert_catalysts, strip_catalysts
+from fxprune.passes.slim import prune_channels
+from fxprune.trace import trace
+
+log = logging.getLogger(__name__)
+
+# Defaults measured on the embedded digits task (see README, "Catalyst defaults"):
+DEFAULT_C = 1.2  # c = 1 prunes nothing there: the task loss defends every useful channel
+DEFAULT_GAMMA = 0.02  # with lr 0.02 and momentum 0.9: lambda_eff = 4e-3
+DEFAULT_KAPPA = 2.0  # decades of |log10 c| every channel must reach (early stop)
+DEFAULT_EPS = 1e-4  # ||DW||_{2,1} below this also ends opt1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diagnostics:
+    """What opt1 decided and how clearly."""
+
+    converged: bool
+    margin: float  # smallest c among pruned / largest c among kept (inf if one side is empty)
+    margin_decades: float
+    decided: float  # share of channels with |log10 c| > kappa
+    log10_c_kept: np.ndarray
+    log10_c_pruned: np.ndarray
+    initial_norm: np.ndarray  # ||G_i|| at insertion, every channel of every catalysed group
+    pruned: np.ndarray  # bool, same order
+    rank_correlation: float  # Spearman: initial norm against being pruned
+    penalty: float
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    from scipy.stats import spearmanr  # scipy arrives with scikit-learn; ranks with ties right
+
+    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+class CatalystPruner:
+    """Extend a model with catalysts, regularise, then prune every channel with c > 1."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        c: float = DEFAULT_C,
+        target: str = "group",
+        gamma: float = DEFAULT_GAMMA,
+        kappa: float = DEFAULT_KAPPA,
+        eps: float = DEFAULT_EPS,
+        leaf_modules: Iterable[type] = (),
+    ) -> None:
+        self.c, self.target, self.gamma, self.kappa, self.eps = c, target, gamma, kappa, eps
+        self.base = trace(model, example_inputs, leaf_modules=leaf_modules)
+        self.graph = analyze(self.base)
+        self.model = insert_catalysts(self.base, self.graph, c=c, target=target)
+        self.initial_norm = {m.group: m.magnitude(self.model).detach().cpu().numpy()
+                             for _, m in catalysts(self.model)}
+        self.intermediate: torch.fx.GraphModule | None = None
+        self.removed: dict[int, list[int]] | None = None
+        if not self.initial_norm:
+            warnings.warn("fxprune: no group of this model can hold a catalyst; nothing will be "
+                          "pruned", stacklevel=2)
+
+    # --- opt1 -----------------------------------------------------------------------------
+
+    def penalty(self) -> torch.Tensor:
+        """gamma * ||DW||_{2,1}: add it to the task loss."""
+        return self.gamma * catalyst_penalty(self.model)
+
+    def ratios(self) -> dict[int, np.ndarray]:
+        """c per channel, per group id."""
+        return {m.group: m.ratios(self.model).cpu().numpy() for _, m in catalysts(self.model)}
+
+    def converged(self) -> bool:
+        """The eps rule (||DW||_{2,1} < eps) or the kappa rule (every |log10 c| > kappa)."""
+        with torch.no_grad():
+            if float(catalyst_penalty(self.model)) < self.eps:
+                return True
+        logs = np.abs(np.log10(np.concatenate(list(self.ratios().values()))))
+        return bool(np.all(logs > self.kappa))
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        """Warn when the effective step lr * gamma / (1 - momentum) breaks the learning-rate
+        condition lambda << min((1 - alpha) / c, (1 - alpha) * c) of the paper's Theorem 2,
+        or is too large for |log10 c| to reach kappa. Returns the warnings."""
+        found = []
+        for group in optimizer.param_groups:
+            lr, momentum = group["lr"], group.get("momentum", 0.0)
+            alpha = lr * group.get("weight_decay", 0.0) / (1 - momentum)
+            step = lr * self.gamma / (1 - momentum)
+            bound = min((1 - alpha) / self.c, (1 - alpha) * self.c)
+            if step > 0.05 * bound:
+                found.append(f"the effective step lr*gamma/(1-momentum) = {step:.3g} is not small "
+                             f"against {bound:.3g} (the learning-rate condition): decisions may "
+                             "invert; lower lr or gamma")
+            if step > 0 and math.log10((1 - alpha) / step) <= self.kappa:
+                found.append(f"with the effective step {step:.3g}, |log10 c| cannot reach "
+                             f"kappa={self.kappa}: opt1 can only end by the eps rule or a budget")
+        for text in found:
+            warnings.warn(f"fxprune: {text}", stacklevel=2)
+        return found
+
+    def sgd(self, *, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+        """SGD over the extended model (catalysts included), checked against the condition."""
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay)
+        self.check_optimizer(optimizer)
+        return optimizer
+
+    # --- pruning ----------------------------------------------------------------------------
+
+    def decisions(self) -> dict[int, list[int]]:
+        """Channels with c > 1, per group; a group never loses every channel."""
+        remove = {}
+        for gid, c in self.ratios().items():
+            gone = np.flatnonzero(c > 1)
+            if len(gone) == len(c):
+                keep = int(np.argmin(c))
+                warnings.warn(f"fxprune: every channel of group {gid} has c > 1; keeping channel "
+                              f"{keep} (the lowest c, {c[keep]:.3g})", stacklevel=3)
+                gone = gone[gone != keep]
+            if len(gone):
+                remove[gid] = gone.tolist()
+        return remove
+
+    def prune(self, *, force: bool = False) -> torch.fx.GraphModule:
+        """Remove every channel with c > 1; returns the intermediate model (D still present).
+
+        Refuses an unconverged model (its pruned channels are not yet ~0, so the step is not
+        lossless) unless ``force=True``.
+        """
+        if not force and not self.converged():
+            d = self.diagnostics()
+            raise PruneError(
+                f"opt1 has not converged ({d.decided:.0%} of channels past kappa={self.kappa}, "
+                f"margin {d.margin_decades:.2f} decades): pruning now is not lossless. Train "
+                "longer, or pass force=True to prune anyway."
+            )
+        self.removed = self.decisions()
+        trained = strip_catalysts(self.model)
+        slim = prune_channels(trained, self.graph, self.removed)
+        self.intermediate = self._carry_catalysts(slim)
+        return self.intermediate
+
+    def _carry_catalysts(self, slim: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """Re-insert catalysts on the slim graph with each kept channel's trained D."""
+        graph = analyze(slim)
+        extended = insert_catalysts(slim, graph, c=1.0, target=self.target)
+        old = {m.group: m for _, m in catalysts(self.model)}
+        for _, new in catalysts(extended):
+            param, dim = new.sources[0].param, new.sources[0].dim
+            match = next((m for m in old.values()
+                          if any((s.param, s.dim) == (param, dim) for s in m.sources)), None)
+            if match is None:
+                continue
+            kept = np.setdiff1d(np.arange(match.d.numel()), self.removed.get(match.group, []))
+            with torch.no_grad():
+                if len(kept) == new.d.numel():
+                    new.d.copy_(match.d.detach()[torch.as_tensor(kept, device=match.d.device)])
+        return extended
+
+    def finalize(self) -> torch.fx.GraphModule:
+        """opt2: remove D. With the stop-gradient twin, D never changes the forward value, so
+        removing it is exact; the result has the original op types and no catalyst node."""
+        if self.intermediate is None:
+            raise PruneError("call prune() before finalize()")
+        return strip_catalysts(self.intermediate)
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def diagnostics(self) -> Diagnostics:
+        ratios = self.ratios()
+        c = np.concatenate(list(ratios.values())) if ratios else np.ones(0)
+        pruned = c > 1
+        log_c = np.log10(c)
+        top_kept = c[~pruned].max() if (~pruned).any() else float("nan")
+        low_pruned = c[pruned].min() if pruned.any() else float("nan")
+        margin = low_pruned / top_kept if pruned.any() and (~pruned).any() else float("inf")
+        norms = np.concatenate([self.initial_norm[g] for g in ratios]) if ratios else c
+        with torch.no_grad():
+            penalty = float(catalyst_penalty(self.model)) if ratios else 0.0
+        return Diagnostics(
+            converged=self.converged() if ratios else True,
+            margin=float(margin),
+            margin_decades=float(np.log10(margin)) if np.isfinite(margin) else float("inf"),
+            decided=float(np.mean(np.abs(log_c) > self.kappa)) if len(c) else 1.0,
+            log10_c_kept=log_c[~pruned], log10_c_pruned=log_c[pruned],
+            initial_norm=norms, pruned=pruned,
+            rank_correlation=spearman(norms, pruned.astype(float)),
+            penalty=penalty,
+        )

@@ -1,0 +1,227 @@
+"""Catalyst: insertion, the regulariser's recursion, and lossless pruning on a real task."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from models import MODELS, build
+from torch.utils.data import DataLoader
+
+import fxprune
+from fxprune.baselines import Scorer
+from fxprune.data import digits
+from fxprune.passes.catalyst import catalyst_penalty, catalysts, insert_catalysts
+from fxprune.pruner import CatalystPruner, spearman
+from fxprune.train import accuracy, train_epoch
+from fxprune.zoo import DigitsNet
+
+# --- 1. the extended model at initialisation is the original ------------------------------
+
+
+@pytest.mark.parametrize("target", ["group", "bn"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_extended_tiny_models_equal_the_original(name: str, target: str) -> None:
+    model, x = build(name)
+    gm = fxprune.trace(model, x)
+    extended = insert_catalysts(gm, fxprune.analyze(gm), c=1.3, target=target)
+    with torch.no_grad():
+        torch.testing.assert_close(extended(x), gm(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16"])
+def test_extended_torchvision_models_equal_the_original(name: str) -> None:
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    pruner = CatalystPruner(model, x, c=1.5)
+    names = [n.name for n in pruner.model.graph.nodes if n.op == "call_module"
+             and n.target.startswith("catalyst_")]
+    assert names and "catalyst_" in pruner.model.code
+    with torch.no_grad():
+        torch.testing.assert_close(pruner.model(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_catalysts_start_at_c_times_the_group_norm() -> None:
+    model, x = build("residual")
+    pruner = CatalystPruner(model, x, c=1.7)
+    for c in pruner.ratios().values():
+        np.testing.assert_allclose(c, 1.7, rtol=1e-5)
+
+
+# --- 2. the regulariser alone follows the recursion, whatever the magnitude ----------------
+
+LR, GAMMA, WD = 0.05, 0.04, 5e-3
+
+
+def _penalty_only(scale: float, c0: float, steps: int = 60) -> np.ndarray:
+    torch.manual_seed(0)
+    model = DigitsNet(width=8).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    pruner = CatalystPruner(model, torch.randn(1, 1, 8, 8), c=c0, gamma=GAMMA)
+    optimizer = torch.optim.SGD(pruner.model.parameters(), lr=LR, weight_decay=WD)
+    history = []
+    for _ in range(steps):
+        history.append(np.concatenate(list(pruner.ratios().values())))
+        optimizer.zero_grad()
+        pruner.penalty().backward()
+        optimizer.step()
+    return np.array(history)
+
+
+def _recursion(c0: float, steps: int) -> np.ndarray:
+    alpha, lam, c = LR * WD, LR * GAMMA, [c0]
+    for _ in range(steps - 1):
+        c.append(((1 - alpha) * c[-1] - lam) / ((1 - alpha) - lam * c[-1]))
+    return np.array(c)
+
+
+@pytest.mark.parametrize("c0", [0.8, 1.0, 1.25])
+def test_penalty_alone_follows_the_recursion(c0: float) -> None:
+    history = _penalty_only(1.0, c0)
+    expected = _recursion(c0, len(history))
+    np.testing.assert_allclose(history, np.broadcast_to(expected[:, None], history.shape), rtol=1e-4)
+    if c0 == 1.0:
+        assert np.abs(history - 1).max() < 1e-4  # c = 1 is a fixed point
+    elif c0 < 1:
+        assert history[-1].max() < 0.95 * c0  # kept channels' c shrinks
+    else:
+        assert history[-1].min() > 1.05 * c0  # pruned channels' c grows
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_recursion_does_not_depend_on_magnitude(scale: float) -> None:
+    base = _penalty_only(1.0, 1.25)
+    np.testing.assert_allclose(np.log10(_penalty_only(scale, 1.25)), np.log10(base), atol=1e-3)
+
+
+# --- 3-5. digits: lossless pruning, c as the sparsity knob, no magnitude bias --------------
+
+
+@pytest.fixture(scope="module")
+def task() -> dict:
+    torch.manual_seed(0)
+    train, test = digits()
+    loaders = {"train": DataLoader(train, batch_size=32, shuffle=True,
+                                   generator=torch.Generator().manual_seed(0)),
+               "test": DataLoader(test, batch_size=512)}
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 15)
+    for _ in range(15):
+        train_epoch(model, loaders["train"], optimizer)
+        schedule.step()
+    return {"model": model.eval(), "x": torch.randn(1, 1, 8, 8), **loaders}
+
+
+def _opt1(task: dict, c: float, epochs: int) -> CatalystPruner:
+    torch.manual_seed(1)
+    pruner = CatalystPruner(copy.deepcopy(task["model"]), task["x"], c=c, gamma=0.02)
+    optimizer = pruner.sgd(lr=0.02, momentum=0.9, weight_decay=5e-4)
+    for _ in range(epochs):
+        train_epoch(pruner.model, task["train"], optimizer, penalty=pruner.penalty)
+        if pruner.converged():
+            break
+    return pruner
+
+
+@pytest.fixture(scope="module")
+def converged(task: dict) -> CatalystPruner:
+    return _opt1(task, 1.2, 60)
+
+
+def test_pruning_a_converged_model_is_lossless(task: dict, converged: CatalystPruner,
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    pruner, x = converged, task["x"]
+    assert pruner.converged()
+    before = accuracy(pruner.model, task["test"])
+    intermediate = pruner.prune()
+    after = accuracy(intermediate, task["test"])
+    d = pruner.diagnostics()
+    assert d.margin >= 1e4, f"margin {d.margin:.3g}"
+    assert abs(before - after) <= 0.1, f"{before:.2f} -> {after:.2f}"
+    assert list(catalysts(intermediate))  # D still present on the kept channels
+    final = pruner.finalize()
+    assert not list(catalysts(final)) and "catalyst" not in final.code
+    assert fxprune.cost(pruner.base, x).macs >= 2 * fxprune.cost(final, x).macs
+    assert abs(accuracy(final, task["test"]) - after) <= 0.1
+    report = fxprune.export_onnx(final, x, tmp_path_factory.mktemp("onnx") / "final.onnx")
+    assert report.max_abs_diff < 1e-4
+    with pytest.raises(fxprune.ExportError, match="finish pruning first"):
+        fxprune.export_onnx(intermediate, x, tmp_path_factory.mktemp("onnx") / "inter.onnx")
+
+
+def test_a_larger_c_prunes_more(task: dict) -> None:
+    shares = [float(np.mean(np.concatenate(list(_opt1(task, c, 12).ratios().values())) > 1))
+              for c in (1.2, 1.5)]
+    assert shares[1] > shares[0]
+
+
+def _baseline_correlation(task: dict, method: str, strength: float, share: float) -> float:
+    torch.manual_seed(1)
+    model = fxprune.trace(copy.deepcopy(task["model"]), task["x"])
+    graph = fxprune.analyze(model)
+    scorer = Scorer(model, graph, method)
+    norms = Scorer(model, graph, "magnitude").scores(model)
+    norms = {g: s.detach().numpy() for g, s in norms.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    for _ in range(20):
+        train_epoch(model, task["train"], optimizer, penalty=lambda: strength * scorer.penalty(model))
+    removed = scorer.lowest(model, share)
+    pruned = np.concatenate([np.isin(np.arange(len(norms[g])), removed.get(g, [])) for g in norms])
+    return spearman(np.concatenate(list(norms.values())), pruned.astype(float))
+
+
+def test_catalyst_decisions_correlate_less_with_initial_magnitude(task: dict,
+                                                                  converged: CatalystPruner) -> None:
+    d = converged.diagnostics()
+    share = float(d.pruned.mean())
+    rho_catalyst = d.rank_correlation
+    rho_lasso = _baseline_correlation(task, "group-lasso", 2e-3, share)
+    rho_slimming = _baseline_correlation(task, "slimming", 2e-3, share)
+    assert abs(rho_catalyst) < abs(rho_lasso), (rho_catalyst, rho_lasso)
+    assert abs(rho_catalyst) < abs(rho_slimming), (rho_catalyst, rho_slimming)
+
+
+# --- 6. guards -------------------------------------------------------------------------------
+
+
+def test_unconverged_prune_needs_force() -> None:
+    model, x = build("residual")
+    pruner = CatalystPruner(model, x, c=1.2)
+    with pytest.raises(fxprune.PruneError, match="not converged"):
+        pruner.prune()
+    pruner.prune(force=True)
+
+
+def test_a_group_never_loses_every_channel() -> None:
+    model, x = build("residual")
+    pruner = CatalystPruner(model, x, c=3.0)  # every channel starts with c > 1
+    with pytest.warns(UserWarning, match="keeping channel"):
+        pruner.prune(force=True)
+    final = pruner.finalize()
+    assert final.get_submodule("stem.0").out_channels == 1
+    with torch.no_grad():
+        assert final(x).shape == model(x).shape
+
+
+def test_a_too_large_step_is_warned_about() -> None:
+    model, x = build("residual")
+    pruner = CatalystPruner(model, x, c=1.2, gamma=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.sgd(lr=0.1, momentum=0.9)
+    assert any("learning-rate condition" in str(w.message) for w in caught)
+
+
+def test_penalty_is_differentiable_and_reaches_every_catalyst() -> None:
+    model, x = build("concat")
+    pruner = CatalystPruner(model, x)
+    pruner.penalty().backward()
+    assert all(m.d.grad is not None and m.d.grad.abs().sum() > 0 for _, m in catalysts(pruner.model))
+    assert float(catalyst_penalty(pruner.model)) > 0
