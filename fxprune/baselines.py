@@ -51,8 +51,9 @@ class Scorer:
             return torch.zeros((), device=next(model.parameters()).device)
         return torch.stack([s.sum() for s in self.scores(model).values()]).sum()
 
-    def lowest(self, model: nn.Module, share: float) -> dict[int, list[int]]:
-        """Remove the globally lowest-scored `share` of channels (each group keeps one)."""
+    def lowest(self, model: nn.Module, share: float, *, round_to: int = 1) -> dict[int, list[int]]:
+        """Remove the globally lowest-scored `share` of channels (each group keeps one, and a
+        multiple of `round_to` channels where it loses any: rounding keeps more)."""
         with torch.no_grad():
             scores = {g: s.detach().cpu().numpy() for g, s in self.scores(model).items()}
         flat = sorted((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s))
@@ -64,7 +65,13 @@ class Scorer:
             if len(remove.get(g, [])) < len(scores[g]) - 1:
                 remove.setdefault(g, []).append(i)
                 budget -= 1
-        return {g: sorted(v) for g, v in remove.items()}
+        out = {}
+        for g, chosen in remove.items():  # chosen is in ascending score order
+            total = len(scores[g])
+            kept = min(total, -(-(total - len(chosen)) // round_to) * round_to)
+            if kept < total:
+                out[g] = sorted(chosen[: total - kept])
+        return out
 
 
 def _is_producer(model: nn.Module, param: str) -> bool:

@@ -91,6 +91,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from tqdm import tqdm
+
+    from fxprune.job import Job, JobConfig, init_distributed
+
+    known = {f.name for f in fields(JobConfig)}
+    cfg = JobConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    init_distributed(cfg.device)
+
+    def progress(stage: str, total: int, start: int) -> tqdm:
+        return tqdm(range(start, total), initial=start, total=total, desc=f"{stage:8s}",
+                    unit="epoch", dynamic_ncols=True)
+
+    job = Job(cfg, resume=args.resume, progress=progress)
+    if job.rank == 0:
+        print(f"fxprune prune: {cfg.model} on {cfg.data}, method {cfg.method}, output {cfg.out}"
+              + (f", {job.world} processes" if job.world > 1 else ""))
+    report = job.run()
+    if job.rank == 0:
+        print(f"\nbaseline {report['baseline_acc']:.2f}% -> before prune "
+              f"{report['acc_before_prune']:.2f}% -> after prune {report['acc_after_prune']:.2f}%"
+              f" -> fine-tuned {report['final_acc']:.2f}%")
+        print(f"MACs {report['macs_ratio']:.2f}x fewer, parameters {report['params_ratio']:.2f}x "
+              f"fewer; opt1 converged: {report['converged']}, margin "
+              f"{report['margin_decades']:.1f} decades")
+        print(f"wrote {cfg.out}/report.md, report.json, model.onnx, model.pt2, groups.html")
+    return 0
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="torchvision:NAME, path/to/file.py:factory, or a saved .pt2")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
@@ -118,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report params, MACs, ONNX size and latency against ORIGINAL")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
     p.set_defaults(run=_export)
+    p = sub.add_parser("prune", help="the end-to-end job (default: a residual CNN on digits)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="digits (default), torchvision:NAME or path/to/file.py:factory")
+    p.add_argument("--weights", help="a state_dict file to start from (skips pre-training)")
+    p.add_argument("--data", choices=["digits", "cifar10", "cifar100", "imagefolder"])
+    p.add_argument("--data-dir", dest="data_dir", help="folder holding the data set")
+    p.add_argument("--image-size", dest="image_size", type=int)
+    p.add_argument("--method", choices=["catalyst", "l1", "group-lasso", "slimming", "magnitude"])
+    p.add_argument("--c", type=float, help="Catalyst's c0 (the sparsity knob; default 1.2)")
+    p.add_argument("--gamma", type=float, help="regulariser weight (default 0.02)")
+    p.add_argument("--kappa", type=float, help="decades of |log10 c| for convergence (default 2)")
+    p.add_argument("--target-macs", dest="target_macs", type=float,
+                   help="fraction of MACs to keep, e.g. 0.5 (baselines: by ranking)")
+    p.add_argument("--round-to", dest="round_to", type=int, help="keep a multiple of N channels")
+    p.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int)
+    p.add_argument("--opt1-epochs", dest="opt1_epochs", type=int, help="opt1 budget")
+    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("-o", "--out", help="output folder (default out/prune)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(run=_prune)
     return parser
 
 

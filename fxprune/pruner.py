@@ -140,8 +140,10 @@ class CatalystPruner:
 
     # --- pruning ----------------------------------------------------------------------------
 
-    def decisions(self) -> dict[int, list[int]]:
-        """Channels with c > 1, per group; a group never loses every channel."""
+    def decisions(self, *, round_to: int = 1) -> dict[int, list[int]]:
+        """Channels with c > 1, per group; a group never loses every channel, and where
+        `round_to` > 1 the channels with the lowest c among the pruned are kept until the kept
+        count is a multiple of it."""
         remove = {}
         for gid, c in self.ratios().items():
             gone = np.flatnonzero(c > 1)
@@ -150,11 +152,14 @@ class CatalystPruner:
                 warnings.warn(f"fxprune: every channel of group {gid} has c > 1; keeping channel "
                               f"{keep} (the lowest c, {c[keep]:.3g})", stacklevel=3)
                 gone = gone[gone != keep]
+            kept = len(c) - len(gone)
+            rounded = min(len(c), -(-kept // round_to) * round_to)
+            gone = gone[np.argsort(c[gone])][rounded - kept:]  # give back the lowest c first
             if len(gone):
-                remove[gid] = gone.tolist()
+                remove[gid] = sorted(gone.tolist())
         return remove
 
-    def prune(self, *, force: bool = False) -> torch.fx.GraphModule:
+    def prune(self, *, force: bool = False, round_to: int = 1) -> torch.fx.GraphModule:
         """Remove every channel with c > 1; returns the intermediate model (D still present).
 
         Refuses an unconverged model (its pruned channels are not yet ~0, so the step is not
@@ -167,9 +172,9 @@ class CatalystPruner:
                 f"margin {d.margin_decades:.2f} decades): pruning now is not lossless. Train "
                 "longer, or pass force=True to prune anyway."
             )
-        self.removed = self.decisions()
+        self.removed = self.decisions(round_to=round_to)
         trained = strip_catalysts(self.model)
-        slim = prune_channels(trained, self.graph, self.removed)
+        slim = prune_channels(trained, self.graph, self.removed, round_to=round_to)
         self.intermediate = self._carry_catalysts(slim)
         return self.intermediate
 
