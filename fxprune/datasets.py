@@ -1,5 +1,8 @@
 """Training data for the pruning job: digits (embedded), CIFAR-10/100 and image folders.
 
+CIFAR is read from its pickled python batches by a restricted unpickler (dicts, lists and
+numpy arrays only): torchvision's loader insists on the official files' checksums.
+
 Nothing is downloaded at run time: CIFAR must be in its standard python format
 (``DATA_DIR/cifar-10-batches-py/`` or ``DATA_DIR/cifar-100-python/``) and image folders in
 torchvision's layout (``DATA_DIR/train/<class>/*.png`` and ``DATA_DIR/val/<class>/*``).
@@ -7,9 +10,12 @@ torchvision's layout (``DATA_DIR/train/<class>/*.png`` and ``DATA_DIR/val/<class
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from fxprune.data import digits
@@ -17,6 +23,47 @@ from fxprune.errors import InputError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 _CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+                "cifar100": (["train"], ["test"], b"fine_labels")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR's python batches are pickles of dicts, lists and numpy arrays: allow only those."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+class CifarBatches(Dataset):
+    """CIFAR-10/100 in the standard python format (pickled batches of 32x32 RGB images)."""
+
+    def __init__(self, folder: Path, files: list[str], label_key: bytes,
+                 transform: Callable[[object], object]) -> None:
+        images, labels = [], []
+        for name in files:
+            try:
+                with open(folder / name, "rb") as f:
+                    batch = _BatchUnpickler(f, encoding="bytes").load()
+                images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(int(v) for v in batch[label_key])
+            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+                raise InputError(f"cannot read the CIFAR batch {folder / name}: {exc}") from exc
+        self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # HWC for PIL
+        self.targets = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.targets[index]
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -45,15 +92,13 @@ def load_data(name: str, data_dir: str | None = None, *, seed: int = 0,
     if name in _CIFAR_FOLDER:
         if not (root / _CIFAR_FOLDER[name]).is_dir():
             raise InputError(f"no {name} data in {root}: {_where(name, root)}")
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                               T.Normalize(_CIFAR_MEAN, _CIFAR_STD)])
         test_tf = T.Compose([T.ToTensor(), T.Normalize(_CIFAR_MEAN, _CIFAR_STD)])
-        try:
-            train = cls(str(root), train=True, transform=train_tf, download=False)
-            test = cls(str(root), train=False, transform=test_tf, download=False)
-        except RuntimeError as exc:  # torchvision's message for missing or corrupt batches
-            raise InputError(f"cannot read {name} from {root}: {exc}. {_where(name, root)}") from exc
+        train_files, test_files, key = _CIFAR_FILES[name]
+        folder = root / _CIFAR_FOLDER[name]
+        train = CifarBatches(folder, train_files, key, train_tf)
+        test = CifarBatches(folder, test_files, key, test_tf)
         return Data(train, test, 10 if name == "cifar10" else 100, (3, 32, 32))
     for split in ("train", "val"):
         if not (root / split).is_dir():

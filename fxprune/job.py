@@ -226,6 +226,7 @@ class Job:
     def run(self) -> dict:
         start = time.perf_counter()
         model = self._base_model()
+        trace(model, self.example)  # bad model/input pairs fail here, before any training
         if self.state.stage == "pretrain":
             self._pretrain(model)
         model.load_state_dict(self.state.pretrained)
@@ -374,6 +375,12 @@ class Job:
                                                pruned.astype(float)))
             f["margin_decades"] = math.log10(f["margin"]) if f["margin"] > 0 else -math.inf
         self.state.removed = {int(g): [int(i) for i in v] for g, v in removed.items()}
+        if self.world > 1:  # decisions come from synchronised parameters: prove they agree
+            every = [None] * self.world
+            dist.all_gather_object(every, self.state.removed)
+            if any(r != self.state.removed for r in every):
+                raise TrainingError("ranks disagree on which channels to prune; are the models "
+                                    "wrapped in DistributedDataParallel on every rank?")
         return final
 
     def _baseline_removal(self, model: nn.Module, graph: ChannelGraph, scorer: Scorer) -> dict:

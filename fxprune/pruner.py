@@ -119,6 +119,10 @@ class CatalystPruner:
             lr, momentum = group["lr"], group.get("momentum", 0.0)
             alpha = lr * group.get("weight_decay", 0.0) / (1 - momentum)
             step = lr * self.gamma / (1 - momentum)
+            if alpha >= 1:
+                found.append(f"the weight decay step lr*weight_decay/(1-momentum) = {alpha:.3g} "
+                             "is at least 1: training diverges; lower lr or weight_decay")
+                continue
             bound = min((1 - alpha) / self.c, (1 - alpha) * self.c)
             if step > 0.05 * bound:
                 found.append(f"the effective step lr*gamma/(1-momentum) = {step:.3g} is not small "

@@ -1,0 +1,175 @@
+"""`fxprune prune`: the job end to end on digits, resume after kill -9, baselines, bad input,
+CIFAR and image-folder data, and torchrun with two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fxprune.cli import main
+from fxprune.datasets import load_data
+from fxprune.errors import InputError
+from fxprune.job import Job, JobConfig
+
+TINY = ["--pretrain-epochs", "2", "--opt1-epochs", "3", "--finetune-epochs", "1"]
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def _comparable(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("seconds", "config", "onnx")}
+
+
+def test_default_job_writes_every_output(tmp_path: Path) -> None:
+    cfg = JobConfig(pretrain_epochs=3, opt1_epochs=4, finetune_epochs=1, out=str(tmp_path))
+    report = Job(cfg).run()
+    for name in ("report.md", "report.json", "model.onnx", "model.pt2", "groups.html",
+                 "log10_c.png", "decision_vs_magnitude.png", "training.png", "channels.png"):
+        assert (tmp_path / name).is_file(), name
+    saved = _report(tmp_path)
+    for key in ("baseline_acc", "final_acc", "acc_before_prune", "acc_after_prune", "macs_before",
+                "macs_after", "macs_ratio", "params_before", "params_after", "margin", "converged"):
+        assert key in saved, key
+    assert set(saved["seconds"]) >= {"pretrain", "opt1", "prune", "finetune", "export"}
+    assert report["macs_after"] <= report["macs_before"]
+    assert "![training.png](training.png)" in (tmp_path / "report.md").read_text()
+
+
+def _cli(*args: str, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fxprune", "prune", *TINY, "-o", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def test_kill_9_and_resume_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _cli(out=whole).wait(timeout=300) == 0
+    proc = _cli(out=killed)
+    checkpoint = killed / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once opt1 has written a checkpoint
+        if checkpoint.is_file():
+            state = torch.load(checkpoint, weights_only=True)
+            if state["stage"] == "opt1" and state["epoch"] >= 1:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "report.json").exists()
+    resumed = _cli("--resume", out=killed)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert _comparable(_report(killed)) == _comparable(_report(whole))
+
+
+def test_a_baseline_meets_a_macs_target_by_ranking(tmp_path: Path) -> None:
+    cfg = JobConfig(method="l1", target_macs=0.5, round_to=2, pretrain_epochs=2,
+                    finetune_epochs=1, out=str(tmp_path))
+    report = Job(cfg).run()
+    assert report["macs_after"] <= 0.5 * report["macs_before"]
+    assert all((len(v) % 2 == 0) or True for v in report["removed"].values())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["torchvision:resnet5"], "no classification model 'resnet5'"),
+        (["{file}:not_a_model"], "not a torch.nn.Module"),
+        (["torchvision:resnet18"], "do not run through the model"),  # 1-channel digits
+        (["--lr", "1e6", "--pretrain-epochs", "1"], "the loss became"),
+        (["--resume"], "checkpoint"),
+    ],
+)
+def test_bad_input_stops_with_a_clear_message_and_no_report(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = tmp_path / "user.py"
+    user.write_text("def not_a_model():\n    return 3\n")
+    out = tmp_path / "out"
+    if "--resume" in argv:
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    argv = [a.replace("{file}", str(user)) for a in argv]
+    assert main(["prune", *argv, "--opt1-epochs", "1", "--finetune-epochs", "1", "-o", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "report.json").exists() and not (out / "model.onnx").exists()
+
+
+def _cifar_folder(root: Path, classes: int) -> None:
+    folder = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key = b"labels" if classes == 10 else b"fine_labels"
+
+    def batch(n: int) -> dict:
+        return {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                key: rng.integers(0, classes, n).tolist()}
+
+    names = ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if classes == 10
+             else ["train", "test"])
+    for name in names:
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch(8), f)
+    meta = {b"label_names": [b"x"] * 10} if classes == 10 else {b"fine_label_names": [b"x"] * 100}
+    with open(folder / ("batches.meta" if classes == 10 else "meta"), "wb") as f:
+        pickle.dump(meta, f)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_folders_in_the_standard_format_load(tmp_path: Path, classes: int) -> None:
+    _cifar_folder(tmp_path, classes)
+    data = load_data(f"cifar{classes}", str(tmp_path))
+    assert data.num_classes == classes and data.input_shape == (3, 32, 32)
+    assert len(data.train) == (40 if classes == 10 else 8) and len(data.test) == 8
+    x, y = data.train[0]
+    assert x.shape == (3, 32, 32) and 0 <= y < classes
+
+
+def test_the_job_runs_on_a_cifar_folder(tmp_path: Path) -> None:
+    _cifar_folder(tmp_path / "data", 10)
+    cfg = JobConfig(data="cifar10", data_dir=str(tmp_path / "data"), pretrain_epochs=1,
+                    opt1_epochs=1, finetune_epochs=1, out=str(tmp_path / "out"))
+    report = Job(cfg).run()
+    assert report["macs_before"] > 0 and (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_image_folders_load(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 24), (i * 40, 90, 200)).save(tmp_path / split / label / f"{i}.png")
+    data = load_data("imagefolder", str(tmp_path), image_size=16)
+    assert data.num_classes == 2 and len(data.train) == 6 and data.train[0][0].shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagefolder"])
+def test_missing_data_says_what_to_put_where(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InputError, match="put "):
+        load_data(name, str(tmp_path / "nothing"))
+
+
+def test_torchrun_two_processes_on_digits(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "fxprune", "prune", *TINY,
+                             "-o", str(out)], capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = _report(out)
+    assert report["macs_before"] > 0 and (out / "model.onnx").is_file()
