@@ -38,6 +38,7 @@ from fxprune.datasets import load_data
 from fxprune.errors import FxPruneError, InputError
 from fxprune.graph import ChannelGraph
 from fxprune.passes.analyze import analyze
+from fxprune.passes.catalyst import strip_catalysts
 from fxprune.passes.slim import prune_channels
 from fxprune.pruner import DEFAULT_C, DEFAULT_GAMMA, DEFAULT_KAPPA, CatalystPruner, spearman
 from fxprune.trace import trace
@@ -284,43 +285,85 @@ class Job:
 
     def _opt1(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> None:
         cfg = self.cfg
-        if cfg.method == "catalyst":
-            pruner = CatalystPruner(gm, self.example, c=cfg.c, gamma=cfg.gamma, kappa=cfg.kappa)
-            model, penalty = pruner.model, pruner.penalty
-            optimizer = pruner.sgd(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            budget = cfg.opt1_epochs
+        if cfg.method != "catalyst":
+            self._regularise(gm, graph)
+        elif cfg.target_macs is None:
+            pruner, converged = self._catalyst_run(gm, cfg.c)
+            self.state.opt1_done = {"model": pruner.model.state_dict(), "converged": converged,
+                                    "c": cfg.c}
         else:
-            model = copy.deepcopy(gm)
-            scorer = Scorer(model, graph, cfg.method)
-            strength = cfg.strength if cfg.method in ("group-lasso", "slimming") else 0.0
-            penalty = (lambda: strength * scorer.penalty(model)) if strength else None
-            optimizer = self._sgd(model.parameters(), cfg.lr)
-            budget = cfg.opt1_epochs if strength else 0
+            self._calibrate(gm, graph)
+        self._next("prune")
+
+    def _catalyst_run(self, gm: torch.fx.GraphModule, c: float) -> tuple[CatalystPruner, bool]:
+        """opt1 at c0 = `c` until converged or the budget; resumes mid-run from the state."""
+        cfg = self.cfg
+        pruner = CatalystPruner(gm, self.example, c=c, gamma=cfg.gamma, kappa=cfg.kappa)
+        optimizer = pruner.sgd(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if self.state.epoch:
+            pruner.model.load_state_dict(self.state.model)
+            optimizer.load_state_dict(self.state.optimizer)
+        trained = self._wrap(pruner.model)
+        for epoch in self._epochs("opt1", cfg.opt1_epochs):
+            t = time.perf_counter()
+            loss = self._train_epoch(trained, optimizer, pruner.penalty)
+            d = pruner.diagnostics()
+            self._record(epoch=epoch, c0=c, loss=loss, penalty=d.penalty, decided=d.decided,
+                         margin=d.margin_decades,
+                         acc=accuracy(pruner.model, self.test_loader, device=self.device))
+            self.state.epoch, self.state.model = epoch + 1, pruner.model.state_dict()
+            self.state.optimizer = optimizer.state_dict()
+            self._timed("opt1", time.perf_counter() - t)
+            self._save_checkpoint()
+            if d.converged:
+                break
+        return pruner, pruner.converged()
+
+    def _calibrate(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> None:
+        """Meet --target-macs with Catalyst by choosing c0 (the sparsity knob): complete opt1
+        runs at c0 found by bisection; the run closest to the target (at or under it first)
+        is the one pruned. Each finished probe is recorded, so a resumed job skips it."""
+        cfg = self.cfg
+        probes = self.state.figures.setdefault("calibration", [])
+        full = cost(gm, self.example).macs
+        while len(probes) < CALIBRATION_PROBES:
+            c = _next_c(probes, cfg.target_macs)
+            pruner, converged = self._catalyst_run(gm, c)
+            slim = prune_channels(strip_catalysts(pruner.model), graph,
+                                  pruner.decisions(round_to=cfg.round_to))
+            macs = cost(slim, self.example).macs / full
+            probes.append({"c": c, "macs_fraction": macs, "converged": converged})
+            if probes[-1] is min(probes, key=lambda p: _miss(p["macs_fraction"], cfg.target_macs)):
+                self.state.opt1_done = {"model": pruner.model.state_dict(),
+                                        "converged": converged, "c": c}
+            self.state.epoch, self.state.model, self.state.optimizer = 0, {}, {}
+            self._save_checkpoint()
+        best = min(probes, key=lambda p: _miss(p["macs_fraction"], cfg.target_macs))
+        self.state.figures.update(target_macs=cfg.target_macs, chosen_c=best["c"],
+                                  target_macs_reached=best["macs_fraction"])
+
+    def _regularise(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> None:
+        """opt1 of a baseline: its regulariser (group lasso, slimming) for the budget; the
+        one-shot methods (l1, magnitude) train no further."""
+        cfg = self.cfg
+        model = copy.deepcopy(gm)
+        scorer = Scorer(model, graph, cfg.method)
+        strength = cfg.strength if cfg.method in ("group-lasso", "slimming") else 0.0
+        optimizer = self._sgd(model.parameters(), cfg.lr)
         if self.state.epoch:
             model.load_state_dict(self.state.model)
             optimizer.load_state_dict(self.state.optimizer)
         trained = self._wrap(model)
-        converged = cfg.method != "catalyst"
-        for epoch in self._epochs("opt1", budget):
+        for epoch in self._epochs("opt1", cfg.opt1_epochs if strength else 0):
             t = time.perf_counter()
-            loss = self._train_epoch(trained, optimizer, penalty)
-            row = {"epoch": epoch, "loss": loss,
-                   "acc": accuracy(model, self.test_loader, device=self.device)}
-            if cfg.method == "catalyst":
-                d = pruner.diagnostics()
-                row.update(penalty=d.penalty, decided=d.decided, margin=d.margin_decades)
-                converged = d.converged
-            self._record(**row)
+            loss = self._train_epoch(trained, optimizer, lambda: strength * scorer.penalty(model))
+            self._record(epoch=epoch, loss=loss,
+                         acc=accuracy(model, self.test_loader, device=self.device))
             self.state.epoch, self.state.model = epoch + 1, model.state_dict()
             self.state.optimizer = optimizer.state_dict()
             self._timed("opt1", time.perf_counter() - t)
             self._save_checkpoint()
-            if converged and cfg.method == "catalyst":
-                break
-        if cfg.method == "catalyst" and self.state.epoch:
-            converged = pruner.converged()
-        self.state.opt1_done = {"model": model.state_dict(), "converged": converged}
-        self._next("prune")
+        self.state.opt1_done = {"model": model.state_dict(), "converged": True}
 
     def _slim(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> torch.fx.GraphModule:
         """Prune (and, for Catalyst, opt2) once; afterwards, and on resume, rebuild the slim
@@ -337,7 +380,8 @@ class Job:
     def _decide(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> torch.fx.GraphModule:
         cfg, f = self.cfg, self.state.figures
         if cfg.method == "catalyst":
-            pruner = CatalystPruner(gm, self.example, c=cfg.c, gamma=cfg.gamma, kappa=cfg.kappa)
+            c = self.state.opt1_done.get("c", cfg.c)
+            pruner = CatalystPruner(gm, self.example, c=c, gamma=cfg.gamma, kappa=cfg.kappa)
             if self.state.opt1_done:
                 pruner.model.load_state_dict(self.state.opt1_done["model"])
             f["acc_before_prune"] = accuracy(pruner.model, self.test_loader, device=self.device)
@@ -452,6 +496,27 @@ class Job:
         f = self.state.figures
         return {"config": asdict(self.cfg), "stage": self.state.stage, "removed": self.state.removed,
                 "seconds": self.state.seconds, **f}
+
+
+CALIBRATION_PROBES = 4
+
+
+def _next_c(probes: list[dict], target: float) -> float:
+    """Bisection on c0 in [1, 2]: MACs kept fall as c0 grows. The first probe is the default."""
+    if not probes:
+        return DEFAULT_C
+    lo, hi = 1.0, 2.0
+    for p in probes:
+        if p["macs_fraction"] > target:
+            lo = max(lo, p["c"])
+        else:
+            hi = min(hi, p["c"])
+    return (lo + hi) / 2
+
+
+def _miss(fraction: float, target: float) -> tuple[bool, float]:
+    """Order probes: at or under the target first, then by distance to it."""
+    return (fraction > target, abs(fraction - target))
 
 
 def _channels_per_layer(before: nn.Module, after: nn.Module) -> dict[str, list[int]]:

@@ -173,3 +173,18 @@ def test_torchrun_two_processes_on_digits(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = _report(out)
     assert report["macs_before"] > 0 and (out / "model.onnx").is_file()
+
+
+def test_catalyst_meets_a_macs_target_by_choosing_c(tmp_path: Path) -> None:
+    cfg = JobConfig(target_macs=0.5, pretrain_epochs=3, opt1_epochs=6, finetune_epochs=1,
+                    out=str(tmp_path))
+    report = Job(cfg).run()
+    probes = report["calibration"]
+    assert len(probes) == 4 and probes[0]["c"] == 1.2
+    # bisection: a probe that pruned too little raises c0, one that pruned enough lowers it
+    for before, after in zip(probes, probes[1:]):
+        assert (after["c"] > before["c"]) == (before["macs_fraction"] > 0.5) or after["c"] != before["c"]
+    under = [p for p in probes if p["macs_fraction"] <= 0.5]
+    chosen = min(under or probes, key=lambda p: abs(p["macs_fraction"] - 0.5))
+    assert report["chosen_c"] == chosen["c"]
+    assert report["macs_after"] / report["macs_before"] == pytest.approx(chosen["macs_fraction"])
