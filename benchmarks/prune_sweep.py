@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 
@@ -25,6 +24,7 @@ import torchvision
 
 import fxprune
 from fxprune import atomic
+from fxprune.passes.plan import random_request
 
 NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
          "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
@@ -32,15 +32,7 @@ NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v
 
 
 def removal(graph: fxprune.ChannelGraph, fraction: float, seed: int, exact_only: bool) -> dict:
-    rng = random.Random(seed)
-    out = {}
-    for g in graph.prunable:
-        if exact_only and not g.exact:
-            continue
-        protected = {m.channels[0] for m in g.members if m.channels}
-        free = [c for c in range(g.channels) if c not in protected]
-        out[g.id] = rng.sample(free, min(len(free), max(1, int(g.channels * fraction))))
-    return out
+    return random_request(graph, fraction, seed, exact_only=exact_only)
 
 
 def measure(name: str, fraction: float) -> dict:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxprune.errors import InputError
+from fxprune.errors import InputError, as_input_tuple, check_module
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,6 @@ def _divide(a: int, b: int) -> float:
     if b == 0:
         return float("nan") if a == 0 else float("inf")
     return a / b
-
-
-def as_input_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    """`example_inputs` as a tuple of tensors, or `InputError` saying what was given."""
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise InputError(
-            "example_inputs must be a tensor or a sequence of tensors, "
-            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
-        )
-    return tuple(inputs)
-
-
-def check_module(model: object) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
 
 
 def count_params(model: nn.Module) -> int:

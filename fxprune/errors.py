@@ -6,7 +6,11 @@ Every error a user can reach is an ``FxPruneError``. Errors about the graph name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.fx
+from torch import nn
 
 
 class FxPruneError(Exception):
@@ -54,3 +58,24 @@ def describe(node: torch.fx.Node) -> str:
     where = user_line(node)
     text = node.format_node()
     return f"{text} ({where})" if where else text
+
+
+def as_input_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    """`example_inputs` as a tuple of tensors, or `InputError` saying what was given."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise InputError(
+            "example_inputs must be a tensor or a sequence of tensors, "
+            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
+        )
+    return tuple(inputs)
+
+
+def check_module(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+class TrainingError(FxPruneError):
+    """Training went wrong (a NaN loss): the run stops, the last good checkpoint stays."""

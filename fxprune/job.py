@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -35,21 +34,17 @@ from fxprune.baselines import METHODS as BASELINES
 from fxprune.baselines import Scorer, initial_norms
 from fxprune.cost import cost
 from fxprune.datasets import load_data
-from fxprune.errors import FxPruneError, InputError
+from fxprune.errors import InputError, TrainingError
 from fxprune.graph import ChannelGraph
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import strip_catalysts
 from fxprune.passes.slim import prune_channels
 from fxprune.pruner import DEFAULT_C, DEFAULT_GAMMA, DEFAULT_KAPPA, CatalystPruner, spearman
 from fxprune.trace import trace
-from fxprune.train import accuracy
+from fxprune.train import accuracy, train_epoch
 
 log = logging.getLogger(__name__)
 METHODS = ("catalyst", *BASELINES)
-
-
-class TrainingError(FxPruneError):
-    """Training went wrong (a NaN loss): the run stops, the last good checkpoint stays."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,9 +162,13 @@ class Job:
         from fxprune.zoo import DigitsNet
 
         torch.manual_seed(self.cfg.seed)
-        if self.cfg.model == "digits":
+        if self.cfg.model in ("digits", "zoo:digits"):
             model = DigitsNet(num_classes=self.data.num_classes,
                               in_channels=self.data.input_shape[0])
+        elif self.cfg.model == "zoo:cifar_resnet56":
+            from fxprune.zoo import cifar_resnet56
+
+            model = cifar_resnet56(self.data.num_classes)
         else:
             model = load_model(self.cfg.model)
         return model.to(self.device)
@@ -195,22 +194,7 @@ class Job:
 
     def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                      penalty: Callable[[], torch.Tensor] | None) -> float:
-        model.train()
-        total, count = 0.0, 0
-        for x, y in self.train_loader:
-            x, y = x.to(self.device), y.to(self.device)
-            loss = F.cross_entropy(model(x), y)
-            objective = loss + penalty() if penalty is not None else loss
-            if not torch.isfinite(objective):
-                raise TrainingError(
-                    f"the loss became {float(objective.detach())} in stage {self.state.stage}: "
-                    "lower the learning rate or gamma; the last checkpoint is kept")
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-        return total / max(count, 1)
+        return train_epoch(model, self.train_loader, optimizer, penalty=penalty, device=self.device)
 
     def _record(self, **row: object) -> None:
         self.state.history.append({"stage": self.state.stage, **row})
@@ -414,7 +398,9 @@ class Job:
             pruned = np.concatenate([np.isin(np.arange(len(n)), removed.get(g, []))
                                      for g, n in norms.items()])
             f.update(converged=self.state.opt1_done.get("converged", True),
-                     margin=(min(gone) / max(kept)) if gone and kept else math.inf,
+                     # a baseline keeps the high scores: its margin is how far the lowest
+                     # kept score sits above the highest pruned one
+                     margin=(min(kept) / max(gone)) if gone and kept and max(gone) > 0 else math.inf,
                      rank_correlation=spearman(np.concatenate(list(norms.values())),
                                                pruned.astype(float)))
             f["margin_decades"] = math.log10(f["margin"]) if f["margin"] > 0 else -math.inf

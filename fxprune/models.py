@@ -1,4 +1,5 @@
-"""Resolve the MODEL argument of the command line: `torchvision:NAME` or `file.py:factory`."""
+"""Resolve the MODEL argument of the command line: `torchvision:NAME`, `zoo:NAME` (fxprune's
+own models), `file.py:factory`, or a saved `.pt2`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def load_model(spec: str) -> nn.Module:
             f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50), "
             "path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
         )
+    if kind == "zoo":
+        from fxprune import zoo
+
+        factories = {"digits": zoo.DigitsNet, "cifar_resnet56": zoo.cifar_resnet56}
+        if name not in factories:
+            raise InputError(f"fxprune's zoo has no '{name}': choose one of {', '.join(factories)}")
+        return factories[name]().eval()
     if kind == "torchvision":
         import torchvision
 

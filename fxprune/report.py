@@ -111,7 +111,8 @@ def write_report(out: Path, report: dict, history: list[dict]) -> None:
         f"| parameters | {_fmt(report.get('params_before'), ',')} -> "
         f"{_fmt(report.get('params_after'), ',')} ({_fmt(report.get('params_ratio'))}x fewer) |",
         f"| opt1 converged | {report.get('converged')} |",
-        f"| margin (smallest pruned / largest kept score) | {_fmt(report.get('margin'), '.3g')} "
+        f"| margin (Catalyst: smallest pruned c / largest kept c; baselines: smallest kept "
+        f"score / largest pruned) | {_fmt(report.get('margin'), '.3g')} "
         f"({_fmt(report.get('margin_decades'), '.1f')} decades) |",
         f"| rank correlation, initial norm vs pruned | {_fmt(report.get('rank_correlation'))} |",
         f"| ONNX | {report.get('onnx', {}).get('path')} (max abs diff "

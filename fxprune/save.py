@@ -68,8 +68,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from fxprune import atomic
-from fxprune.cost import as_input_tuple, check_module
-from fxprune.errors import InputError
+from fxprune.errors import InputError, as_input_tuple, check_module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,7 +19,7 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from fxprune.errors import InputError, TraceError, describe
+from fxprune.errors import InputError, TraceError, as_input_tuple, check_module, describe
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,6 @@ class _Tracer(torch.fx.Tracer):
                 f"in {frame.f_code.co_name}\n    {code}\n"
             )
         return node
-
-
-def _as_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise InputError(
-            "example_inputs must be a tensor or a tuple of tensors, "
-            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
-        )
-    return tuple(inputs)
 
 
 def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, str] | None:
@@ -230,9 +220,8 @@ def trace(
     leaves; their channels are then frozen, with the reason in ``node.meta["fxprune.leaf"]``.
     Raises `InputError` for unusable input and `TraceError` when nothing works.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = _as_tuple(example_inputs)
+    model = check_module(model)
+    inputs = as_input_tuple(example_inputs)
     if isinstance(model, torch.fx.GraphModule):
         gm, leaves = model, {}
     else:

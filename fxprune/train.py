@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fxprune.errors import TrainingError
+
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 penalty: Callable[[], torch.Tensor] | None = None,
@@ -20,6 +22,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
         objective = loss + penalty() if penalty is not None else loss
+        if not torch.isfinite(objective):
+            raise TrainingError(f"the loss became {float(objective.detach())}: lower the learning "
+                                "rate (or gamma); the last checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()

@@ -33,20 +33,3 @@ def assert_equivalent(a: object, b: object, x: object, *, rtol: float = 1e-5) ->
     scale = out_b.abs().max().clamp_min(1e-12)
     diff = (out_a - out_b).abs().max() / scale
     assert diff <= rtol, f"outputs differ by {float(diff):.3g} (relative), more than {rtol}"
-
-
-def random_removal(graph: object, fraction: float, seed: int, *, exact_only: bool = False) -> dict:
-    """Remove `fraction` of the channels of every prunable group, keeping in every member (a
-    concat input, a slice) at least one channel, so the request is always valid."""
-    import random
-
-    rng = random.Random(seed)
-    remove = {}
-    for g in graph.prunable:
-        if exact_only and not g.exact:
-            continue
-        kept = {m.channels[0] for m in g.members if m.channels}
-        free = [c for c in range(g.channels) if c not in kept]
-        count = min(len(free), max(1, int(g.channels * fraction)))
-        remove[g.id] = rng.sample(free, count)
-    return remove

@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 import torchvision
-from helpers import random_removal
 from models import MODELS, build
 from torch import nn
 
@@ -18,6 +17,7 @@ from fxprune.cli import main
 from fxprune.export import onnx as onnx_export
 from fxprune.export.deploy import deploy_report
 from fxprune.export.onnx import export_onnx
+from fxprune.passes.plan import random_request
 
 FIXED_BATCH = {"literals"}  # views with a literal batch size of 2
 
@@ -25,7 +25,7 @@ FIXED_BATCH = {"literals"}  # views with a literal batch size of 2
 def _slim(model: nn.Module, x: torch.Tensor, fraction: float = 0.3) -> torch.fx.GraphModule:
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
-    return fxprune.prune_channels(gm, graph, random_removal(graph, fraction, 0))
+    return fxprune.prune_channels(gm, graph, random_request(graph, fraction, 0))
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - FIXED_BATCH))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from helpers import assert_equivalent, random_removal
+from helpers import assert_equivalent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import fxprune
+from fxprune.passes.plan import random_request
 
 BLOCKS = ("cbr", "residual", "concat", "split", "depthwise", "squeeze_excite", "attention")
 
@@ -89,7 +90,7 @@ def test_random_architectures_prune_to_the_zeroed_function(
     x = torch.randn(2, 3, 4, 4)
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm, strict=True)  # every op in these blocks must be known
-    remove = random_removal(graph, fraction, seed)
+    remove = random_request(graph, fraction, seed)
     assert all(g.exact for g in graph.prunable)
     slim = fxprune.prune_channels(gm, graph, remove)
     assert_equivalent(slim, fxprune.zero_channels(gm, graph, remove), x)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_equivalent, group_with, random_removal
+from helpers import assert_equivalent, group_with
 from models import MODELS, build
 
 import fxprune
+from fxprune.passes.plan import random_request
 
 
 def _prepare(name: str) -> tuple[torch.fx.GraphModule, fxprune.ChannelGraph, torch.Tensor]:
@@ -20,7 +21,7 @@ def _prepare(name: str) -> tuple[torch.fx.GraphModule, fxprune.ChannelGraph, tor
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_slim_equals_zeroed_on_exact_groups(name: str, seed: int) -> None:
     gm, graph, x = _prepare(name)
-    remove = random_removal(graph, 0.4, seed, exact_only=True)
+    remove = random_request(graph, 0.4, seed, exact_only=True)
     slim = fxprune.prune_channels(gm, graph, remove)
     assert_equivalent(slim, fxprune.zero_channels(gm, graph, remove), x)
 
@@ -30,7 +31,7 @@ def test_every_prunable_group_can_shrink_and_the_model_still_runs(name: str) -> 
     gm, graph, x = _prepare(name)
     with torch.no_grad():
         before = gm(x)
-    remove = random_removal(graph, 0.5, 0)
+    remove = random_request(graph, 0.5, 0)
     slim = fxprune.prune_channels(gm, graph, remove)
     with torch.no_grad():
         out = slim(x)
@@ -126,7 +127,7 @@ def test_a_concat_input_cannot_be_emptied() -> None:
 
 def test_slim_model_saves_and_loads_without_its_classes(tmp_path) -> None:  # noqa: ANN001
     gm, graph, x = _prepare("squeeze_excite")
-    remove = random_removal(graph, 0.5, 0)
+    remove = random_request(graph, 0.5, 0)
     slim = fxprune.prune_channels(gm, graph, remove)
     path = fxprune.save(slim, x, tmp_path / "slim.pt2")
     loaded = fxprune.load(path)

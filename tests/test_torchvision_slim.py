@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from helpers import assert_equivalent, random_removal
+from helpers import assert_equivalent
 
 import fxprune
+from fxprune.passes.plan import random_request
 
 NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
          "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
@@ -27,11 +28,11 @@ def _check(name: str) -> None:
     x = torch.randn(2, 3, size, size)
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
-    exact = random_removal(graph, 0.3, 0, exact_only=True)
+    exact = random_request(graph, 0.3, 0, exact_only=True)
     assert exact or not any(g.exact for g in graph.prunable)
     slim = fxprune.prune_channels(gm, graph, exact)
     assert_equivalent(slim, fxprune.zero_channels(gm, graph, exact), x)
-    everything = fxprune.prune_channels(gm, graph, random_removal(graph, 0.3, 1))
+    everything = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
     with torch.no_grad():
         out = everything(x)
     assert out.shape == (2, 1000) and torch.isfinite(out).all()

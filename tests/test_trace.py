@@ -65,7 +65,7 @@ def test_untraceable_model_raises_trace_error_naming_the_line() -> None:
     ("model", "inputs", "match"),
     [
         (lambda x: x, torch.randn(1, 3), "must be a torch.nn.Module"),
-        (nn.Conv2d(3, 4, 1), [1, 2, 3], "tuple of tensors"),
+        (nn.Conv2d(3, 4, 1), [1, 2, 3], "sequence of tensors"),
         (nn.Conv2d(3, 4, 1), (torch.randn(1, 3, 4, 4), torch.randn(1)), "takes 1 inputs, 2 were given"),
         (nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, 5, 4, 4), r"node %_0 .* failed"),
     ],

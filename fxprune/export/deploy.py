@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.cost import as_input_tuple, cost
+from fxprune.cost import cost
+from fxprune.errors import as_input_tuple
 from fxprune.export.onnx import export_onnx
 
 

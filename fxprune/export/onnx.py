@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.cost import as_input_tuple, check_module
-from fxprune.errors import ExportError
+from fxprune.errors import ExportError, as_input_tuple, check_module
 from fxprune.save import trace_inputs
 
 log = logging.getLogger(__name__)

@@ -99,3 +99,22 @@ def _drop(mask: np.ndarray, member: Member, gone: np.ndarray) -> None:
     positions = np.asarray(member.positions, dtype=np.int64)
     channels = np.asarray(member.channels, dtype=np.int64)
     mask[positions[gone[channels]]] = False
+
+
+def random_request(graph: ChannelGraph, fraction: float, seed: int, *,
+                   exact_only: bool = False) -> dict[int, list[int]]:
+    """A valid random request: `fraction` of the channels of every prunable group (of the exact
+    ones with `exact_only`), keeping in every member (a concat input, a slice) one channel.
+    Sweeps and tests use it."""
+    import random
+
+    rng = random.Random(seed)
+    remove = {}
+    for g in graph.prunable:
+        if exact_only and not g.exact:
+            continue
+        kept = {m.channels[0] for m in g.members if m.channels}
+        free = [c for c in range(g.channels) if c not in kept]
+        count = min(len(free), max(1, int(g.channels * fraction)))
+        remove[g.id] = sorted(rng.sample(free, count))
+    return remove

@@ -1,0 +1,25 @@
+"""The GPU recipe runs end to end (on the CPU, one epoch per stage) on a tiny CIFAR folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_job import _cifar_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cifar_resnet56_recipe_smoke(tmp_path: Path) -> None:
+    _cifar_folder(tmp_path / "data", 10)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cifar_resnet56.py"), "--data-dir",
+         str(tmp_path / "data"), "--out", str(out), "--smoke", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ResNet-56 / CIFAR-10" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["model"] == "zoo:cifar_resnet56" and (out / "model.onnx").is_file()
