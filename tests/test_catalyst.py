@@ -225,3 +225,18 @@ def test_penalty_is_differentiable_and_reaches_every_catalyst() -> None:
     pruner.penalty().backward()
     assert all(m.d.grad is not None and m.d.grad.abs().sum() > 0 for _, m in catalysts(pruner.model))
     assert float(catalyst_penalty(pruner.model)) > 0
+
+
+def test_catalyst_gradients_equal_the_written_out_formula() -> None:
+    from fxprune.passes.catalyst import _Catalyse
+
+    u = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    d = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([0, 1, 2, 3, 0, 1])  # six positions, four channels
+    weight = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    ours = (_Catalyse.apply(torch.relu(u), u, d, index, 1) * weight).sum()
+    dd = d[index]
+    formula = ((torch.relu(u) + (dd - dd.detach()).view(1, -1, 1, 1) * u) * weight).sum()
+    assert float(ours.detach()) == float(formula.detach())
+    for a, b in zip(torch.autograd.grad(ours, (u, d)), torch.autograd.grad(formula, (u, d))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -41,6 +41,34 @@ class Source:
     dim: int
 
 
+class _Catalyse(torch.autograd.Function):
+    """psi = sigma(u) + (D - stopgrad(D)) * u, computed without the zero term.
+
+    Forward: (D - stopgrad(D)) is exactly zero, so psi's value is sigma(u) (cloned: autograd
+    forbids in-place edits of a custom Function's outputs that alias its inputs, and models do
+    edit, e.g. `out += identity`). Backward: dpsi/dsigma = 1; dpsi/du gets (D - stopgrad(D)) = 0,
+    so nothing; dpsi/dD_i = sum over the channel's positions of grad * u. Writing the zero term
+    out in tensor ops cost two extra passes over every activation forward and three backward.
+    """
+
+    @staticmethod
+    def forward(ctx: object, out: torch.Tensor, u: torch.Tensor, d: torch.Tensor,
+                index: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.save_for_backward(u, index)
+        ctx.dim, ctx.channels = dim, d.numel()
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple:
+        u, index = ctx.saved_tensors
+        grad_d = None
+        if ctx.needs_input_grad[2]:
+            reduce = [i for i in range(u.dim()) if i != ctx.dim]
+            per_position = (grad * u).sum(reduce)
+            grad_d = per_position.new_zeros(ctx.channels).index_add(0, index, per_position)
+        return grad, None, grad_d, None, None
+
+
 class Catalyst(nn.Module):
     """D for one channel group, applied at one or more sites (producers of its channels)."""
 
@@ -60,11 +88,8 @@ class Catalyst(nn.Module):
             self.register_buffer(f"src{k}_chan", channels)
 
     def forward(self, out: torch.Tensor, u: torch.Tensor, site: int) -> torch.Tensor:
-        d = self.d[getattr(self, f"site{site}")]
-        shape = [1] * u.dim()
-        shape[self.site_dims[site]] = -1
-        # D - stopgrad(D) is exactly zero: the value is sigma(u); the gradient reaches D.
-        return out + (d - d.detach()).view(shape) * u
+        return _Catalyse.apply(out, u, self.d, getattr(self, f"site{site}"),
+                               self.site_dims[site])
 
     def magnitude(self, root: nn.Module) -> torch.Tensor:
         """||G_i|| of every channel of the group: sqrt(sum of squares + 1e-12)."""
