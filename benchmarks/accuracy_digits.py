@@ -110,14 +110,12 @@ def tp_run(seed: int, level: float, weights: Path, args: argparse.Namespace) -> 
             lo = mid
     slim = copy.deepcopy(model)
     tp_pruner = pruner(slim, chosen if chosen is not None else hi)
-    scores = {id(g): float(s.sum()) for g, s in []}  # kept for symmetry: TP hides its scores
     tp_pruner.step()
+    pruned = _tp_pruned(model, slim, norms)  # before fine-tuning moves the scales
     after_prune = accuracy(slim, test_loader)
     optimizer = torch.optim.SGD(slim.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
     for _ in range(args.finetune_epochs):
         train_epoch(slim, loader, optimizer)
-    pruned = _tp_pruned(model, slim, norms)
-    del scores
     return {"acc_after_prune": after_prune, "acc_after_finetune": accuracy(slim, test_loader),
             "margin_decades": float("nan"),
             "rank_correlation": spearman(np.concatenate(list(norms.values())), pruned),
