@@ -1,6 +1,7 @@
 """Surgery sweep: prune 30% of every prunable group of torchvision models, report the cost.
 
-For each model (random weights, eval mode, 1x3xSxS input, S = 299 for Inception-v3 and 224
+For each model (random weights, all-zero layers such as ViT's head given small random values
+so that outputs are not vacuously equal; eval mode, 1x3xSxS input, S = 299 for Inception-v3 and 224
 otherwise), this traces and analyses it, removes 30% of the channels of every prunable group
 at random (seeded; every member keeps a channel), and prints MACs and parameters before and
 after, whether the slim model runs with the original output shape, and the largest relative
@@ -24,6 +25,7 @@ import torchvision
 
 import fxprune
 from fxprune import atomic
+from fxprune.models import randomize_zero_parameters
 from fxprune.passes.plan import random_request
 
 NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
@@ -38,7 +40,7 @@ def removal(graph: fxprune.ChannelGraph, fraction: float, seed: int, exact_only:
 def measure(name: str, fraction: float) -> dict:
     torch.manual_seed(0)
     size = 299 if name == "inception_v3" else 224
-    model = torchvision.models.get_model(name).eval()
+    model = randomize_zero_parameters(torchvision.models.get_model(name).eval())
     x = torch.randn(1, 3, size, size)
     start = time.perf_counter()
     gm = fxprune.trace(model, x)

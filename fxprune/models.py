@@ -85,3 +85,18 @@ def example_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
     if dtype == "int64":
         return torch.zeros(shape, dtype=torch.int64)
     return torch.randn(shape, dtype=getattr(torch, dtype))
+
+
+def randomize_zero_parameters(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Give every all-zero parameter small random values (in place; returns the model).
+
+    torchvision zero-initialises some layers (ViT's classification head, for one), so an
+    untrained model's output is all zeros and any comparison of two such models is vacuous.
+    Sweeps and tests on random weights call this first.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model

@@ -13,6 +13,7 @@ import torchvision
 from helpers import assert_equivalent
 
 import fxprune
+from fxprune.models import randomize_zero_parameters
 from fxprune.passes.plan import random_request
 
 NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
@@ -24,7 +25,7 @@ OTHERS = [m for m in torchvision.models.list_models(module=torchvision.models) i
 def _check(name: str) -> None:
     torch.manual_seed(0)
     size = 299 if name == "inception_v3" else 224
-    model = torchvision.models.get_model(name).eval()
+    model = randomize_zero_parameters(torchvision.models.get_model(name).eval())
     x = torch.randn(2, 3, size, size)
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
