@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import math
 import os
@@ -92,9 +91,6 @@ class State:
     history: list = field(default_factory=list)
     figures: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
-
-
-STAGES = ("pretrain", "opt1", "prune", "finetune", "export", "done")
 
 
 class Job:
@@ -522,7 +518,3 @@ def init_distributed(device: str) -> None:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def config_json(cfg: JobConfig) -> str:
-    return json.dumps(asdict(cfg), indent=1)

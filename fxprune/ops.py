@@ -134,10 +134,10 @@ def _movedim(cx: Context, op: Op) -> Flow:
     return fl.permute(cx.tflow(0), order)
 
 
-def _reduce_dims(default_all: bool) -> Rule:
+def _reduce_dims() -> Rule:
     def rule(cx: Context, op: Op) -> object:
         ndim = len(cx.shape(0))
-        dim = cx.arg(1, "dim", None if default_all else -1)
+        dim = cx.arg(1, "dim", None)
         keepdim = bool(cx.arg(2, "keepdim", False))
         dims = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
         out = fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, keepdim, cx.where)
@@ -296,8 +296,7 @@ def _swapped(shape: tuple[int, ...]) -> list[int]:
 
 def _conv(cx: Context, op: Op) -> Flow:
     m = cx.module()
-    (w_out,) = (op.out_params["weight"],)
-    w_in = op.in_params["weight"]
+    w_out, w_in = op.out_params["weight"], op.in_params["weight"]
     x = cx.tflow(0).dims.get(1)
     groups, c_in, c_out = m.groups, m.in_channels, m.out_channels
     if groups > 1 and groups == c_in:  # depthwise: each output follows its input channel
@@ -679,8 +678,7 @@ _TRANSPOSE = Op(flow=_transpose)
 _PERMUTE = Op(flow=_permute)
 _MATMUL = Op(flow=_matmul)
 _CAT = Op(flow=_cat)
-_SUM = Op(flow=_reduce_dims(default_all=True))
-_MAX = Op(flow=_reduce_dims(default_all=True))
+_REDUCE = Op(flow=_reduce_dims())
 _SOFTMAX = Op(flow=_softmax)
 _DIVIDE = Op(flow=_divide)
 _INEXACT = Op(flow=_inexact_unary)
@@ -717,8 +715,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
     F.scaled_dot_product_attention: Op(flow=_sdpa),
     **dict.fromkeys((torch.mean, torch.sum, torch.std, torch.var, torch.logsumexp, torch.amax,
-                     torch.amin, torch.norm, torch.prod), _SUM),
-    **dict.fromkeys((torch.max, torch.min), _MAX),
+                     torch.amin, torch.norm, torch.prod), _REDUCE),
+    **dict.fromkeys((torch.max, torch.min), _REDUCE),
     **dict.fromkeys((torch.softmax, F.softmax, F.log_softmax, torch.log_softmax), _SOFTMAX),
     torch.cumsum: Op(flow=_mixes_along((1, "dim"))),
     torch.roll: Op(flow=_mixes_along((2, "dims"))),
@@ -757,8 +755,8 @@ METHODS: dict[str, Op] = {
     "repeat": Op(flow=_repeat),
     **dict.fromkeys(("matmul", "bmm"), _MATMUL),
     **dict.fromkeys(("mean", "sum", "std", "var", "logsumexp", "amax", "amin", "norm", "prod"),
-                    _SUM),
-    **dict.fromkeys(("max", "min"), _MAX),
+                    _REDUCE),
+    **dict.fromkeys(("max", "min"), _REDUCE),
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=_mixes_along((1, "dim"))),
     "roll": Op(flow=_mixes_along((2, "dims"))),

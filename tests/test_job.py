@@ -79,7 +79,8 @@ def test_a_baseline_meets_a_macs_target_by_ranking(tmp_path: Path) -> None:
                     finetune_epochs=1, out=str(tmp_path))
     report = Job(cfg).run()
     assert report["macs_after"] <= 0.5 * report["macs_before"]
-    assert all((len(v) % 2 == 0) or True for v in report["removed"].values())
+    # DigitsNet's groups have 32 or 64 channels: an even number removed keeps an even number
+    assert report["removed"] and all(len(v) % 2 == 0 for v in report["removed"].values())
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_catalyst_meets_a_macs_target_by_choosing_c(tmp_path: Path) -> None:
     assert len(probes) == 4 and probes[0]["c"] == 1.2
     # bisection: a probe that pruned too little raises c0, one that pruned enough lowers it
     for before, after in zip(probes, probes[1:]):
-        assert (after["c"] > before["c"]) == (before["macs_fraction"] > 0.5) or after["c"] != before["c"]
+        assert (after["c"] > before["c"]) == (before["macs_fraction"] > 0.5)
     under = [p for p in probes if p["macs_fraction"] <= 0.5]
     chosen = min(under or probes, key=lambda p: abs(p["macs_fraction"] - 0.5))
     assert report["chosen_c"] == chosen["c"]

@@ -341,7 +341,7 @@ def concat(atoms: Atoms, inputs: Sequence[tuple[Flow, Sequence[int]]], dim: int,
     return Flow(dims)
 
 
-def pieces(flow: Flow, dim: int, sizes: Sequence[int], keep_dim: bool = True) -> tuple[Flow, ...]:
+def pieces(flow: Flow, dim: int, sizes: Sequence[int]) -> tuple[Flow, ...]:
     """split / chunk along `dim`: each piece gets its slice of the channels."""
     out = []
     start = 0
@@ -351,7 +351,7 @@ def pieces(flow: Flow, dim: int, sizes: Sequence[int], keep_dim: bool = True) ->
             if d == dim:
                 dims[d] = ids[start:start + size]
             else:
-                dims[d if keep_dim or d < dim else d - 1] = ids
+                dims[d] = ids
         out.append(Flow(dims))
         start += size
     return tuple(out)
