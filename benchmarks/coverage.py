@@ -10,6 +10,10 @@ take the sweep down):
   ignored), forward runs with the original output shape, ONNX export (legacy exporter).
 
     python benchmarks/coverage.py [--models resnet18,vit_b_16]     # default: all (hours)
+
+Rows are written to the JSON file as each model finishes; a rerun keeps the rows already
+there (so a killed sweep resumes) unless --fresh is given; models named in --models are
+always rerun.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +92,13 @@ def one(name: str, side: str) -> dict:
 
 
 def run(name: str, side: str, timeout: int) -> dict:
+    start = time.perf_counter()
+    out = _run(name, side, timeout)
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def _run(name: str, side: str, timeout: int) -> dict:
     try:
         result = subprocess.run([sys.executable, __file__, "--one", name, "--side", side],
                                 capture_output=True, text=True, timeout=timeout)
@@ -110,6 +122,7 @@ def main() -> int:
     parser.add_argument("--models")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--json", default="benchmarks/results/coverage.json")
+    parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -125,16 +138,24 @@ def main() -> int:
     print("| model | fxprune: traced, analysed, pruned, slim == zeroed, ONNX parity "
           "| Torch-Pruning: graph, pruned 30%, forward, ONNX |")
     print("|---|---|---|")
+    done = {}
+    if not args.fresh and Path(args.json).exists():
+        done = {r["model"]: r for r in json.loads(Path(args.json).read_text())}
     rows = []
     for name in names:
-        fx, peer = run(name, "fxprune", args.timeout), run(name, "tp", args.timeout)
-        rows.append({"model": name, "fxprune": fx, "torch_pruning": peer})
-        print(f"| {name} | {cell(fx, fx_keys)} | {cell(peer, tp_keys)} |", flush=True)
+        row = done.get(name)
+        if row is None or args.models:
+            row = {"model": name, "fxprune": run(name, "fxprune", args.timeout),
+                   "torch_pruning": run(name, "tp", args.timeout)}
+        rows.append(row)
+        keep = rows + [r for n, r in done.items() if n not in {x["model"] for x in rows}]
+        atomic.write_text(args.json, json.dumps(keep, indent=1))
+        print(f"| {name} | {cell(row['fxprune'], fx_keys)} | {cell(row['torch_pruning'], tp_keys)} |",
+              flush=True)
     ok_fx = sum("error" not in r["fxprune"] and all(r["fxprune"].get(k) for k in fx_keys) for r in rows)
     ok_tp = sum("error" not in r["torch_pruning"] and all(r["torch_pruning"].get(k) for k in tp_keys)
                 for r in rows)
     print(f"\nall steps held: fxprune {ok_fx} of {len(rows)}, Torch-Pruning {ok_tp} of {len(rows)}")
-    atomic.write_text(args.json, json.dumps(rows, indent=1))
     print(f"wrote {args.json}")
     return 0
 
