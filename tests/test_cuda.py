@@ -21,6 +21,7 @@ from tqdm import tqdm
 import fxprune
 from fxprune.data import digits
 from fxprune.job import Job, JobConfig
+from fxprune.models import randomize_zero_parameters
 from fxprune.passes.plan import random_request
 from fxprune.pruner import CatalystPruner
 from fxprune.train import accuracy, train_epoch
@@ -28,6 +29,15 @@ from fxprune.zoo import DigitsNet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def full_float32() -> Iterator[None]:
+    """Equivalence is checked in float32: cuDNN's default TF32 convolutions round to 10 bits."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _on_cuda(module: torch.nn.Module) -> bool:
@@ -89,7 +99,7 @@ def test_catalyst_prunes_losslessly_on_cuda(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16"])
 def test_torchvision_models_prune_and_export_from_cuda(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name).eval().to(CUDA)
+    model = randomize_zero_parameters(torchvision.models.get_model(name).eval()).to(CUDA)
     x = torch.randn(2, 3, 224, 224, device=CUDA)
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
