@@ -65,7 +65,8 @@ class _Catalyse(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             reduce = [i for i in range(u.dim()) if i != ctx.dim]
             per_position = (grad * u).sum(reduce)
-            grad_d = per_position.new_zeros(ctx.channels).index_add(0, index, per_position)
+            grad_d = (per_position if index is None else
+                      per_position.new_zeros(ctx.channels).index_add(0, index, per_position))
         return grad, None, grad_d, None, None
 
 
@@ -74,8 +75,8 @@ class Catalyst(nn.Module):
 
     fxprune_only = True  # a training-time module: export refuses models that still hold one
 
-    def __init__(self, group: int, d: torch.Tensor, sites: list[tuple[torch.Tensor, int]],
-                 sources: list[tuple[Source, torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, group: int, d: torch.Tensor, sites: list[tuple[torch.Tensor | None, int]],
+                 sources: list[tuple[Source, torch.Tensor | None, torch.Tensor | None]]) -> None:
         super().__init__()
         self.group = group
         self.d = nn.Parameter(d.clone())
@@ -105,20 +106,39 @@ class Catalyst(nn.Module):
         return f"group={self.group}, channels={self.d.numel()}, sites={len(self.site_dims)}"
 
 
-Slice = tuple[str, int, torch.Tensor, torch.Tensor]  # param, dim, positions, channels
+Slice = tuple[str, int, "torch.Tensor | None", "torch.Tensor | None"]  # param, dim, positions, channels
+
+
+def unless_identity(index: torch.Tensor, n: int) -> torch.Tensor | None:
+    """None where `index` is 0..n-1 in order (the common case: a parameter's rows are its
+    group's channels in order), so that sums skip the gather or scatter; else `index`."""
+    same = index.numel() == n and bool((index.cpu() == torch.arange(n)).all())
+    return None if same else index
 
 
 def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: int) -> torch.Tensor:
     """Per channel, the sum of |x|**power over every parameter slice that holds it
-    (differentiable; `power` 2 gives squared group norms, 1 gives L1 norms)."""
-    first = root.get_parameter(slices[0][0])
-    total = torch.zeros(channels, device=first.device, dtype=first.dtype)
-    for param, dim, positions, chans in slices:
+    (differentiable; `power` 2 gives squared group norms, 1 gives L1 norms).
+
+    A slice's positions/channels of None mean the identity (see `unless_identity`). Each parameter is
+    reduced by one fused norm, with no copy of it: this runs every training step.
+    """
+    rows, chans = [], []
+    for param, dim, positions, chan in slices:
         p = root.get_parameter(param)
-        flat = p.movedim(dim, 0).reshape(p.shape[dim], -1)
-        rows = (flat.pow(2) if power == 2 else flat.abs().pow(power)).sum(1)
-        total = total.index_add(0, chans, rows[positions].to(total.dtype))
-    return total
+        others = [i for i in range(p.dim()) if i != dim]
+        if others:
+            r = torch.linalg.vector_norm(p, ord=power, dim=others)
+            r = r.square() if power == 2 else r
+        else:
+            r = p.square() if power == 2 else p.abs()
+        rows.append(r if positions is None else r[positions])
+        chans.append(chan)
+    if all(c is None for c in chans):
+        return rows[0] if len(rows) == 1 else torch.stack(rows).sum(0)
+    index = torch.cat([torch.arange(channels, device=rows[0].device) if c is None else c
+                       for c in chans])
+    return rows[0].new_zeros(channels).index_add(0, index, torch.cat(rows))
 
 
 def catalysts(gm: nn.Module) -> Iterator[tuple[str, Catalyst]]:
@@ -153,10 +173,11 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
             continue
         if target == "bn-scale" and not m.param.endswith(".weight"):
             continue
-        device = params[m.param].device
-        out.append((Source(m.param, m.dim),
-                    torch.tensor(m.positions, dtype=torch.long, device=device),
-                    torch.tensor(m.channels, dtype=torch.long, device=device)))
+        param = params[m.param]
+        positions = torch.tensor(m.positions, dtype=torch.long, device=param.device)
+        channels = torch.tensor(m.channels, dtype=torch.long, device=param.device)
+        out.append((Source(m.param, m.dim), unless_identity(positions, param.shape[m.dim]),
+                    unless_identity(channels, group.channels)))
     return out
 
 
@@ -203,8 +224,8 @@ def insert_catalysts(
             continue
         name = f"catalyst_{group.id}"
         device = extended.get_parameter(sources[0][0].param).device
-        site_specs = [(torch.tensor(m.channels, dtype=torch.long, device=device), m.dim)
-                      for _, m in sites]
+        site_specs = [(unless_identity(torch.tensor(m.channels, dtype=torch.long, device=device),
+                                       group.channels), m.dim) for _, m in sites]
         probe = Catalyst(group.id, torch.zeros(group.channels, device=device), site_specs, sources)
         with torch.no_grad():
             d = c * probe.magnitude(extended)
