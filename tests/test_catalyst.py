@@ -45,6 +45,32 @@ def test_extended_torchvision_models_equal_the_original(name: str) -> None:
         torch.testing.assert_close(pruner.model(x), model(x), rtol=0, atol=1e-6)
 
 
+class _EditsInPlace(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8)
+        self.pool, self.head = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv1(x))
+        x = self.bn2(self.conv2(x.mul_(2)))  # edits the first catalyst's output in place
+        return self.head(self.pool(x).flatten(1))  # the second is only read
+
+
+def test_outputs_edited_in_place_are_copied_and_the_others_are_views() -> None:
+    torch.manual_seed(0)
+    model = _EditsInPlace().train()
+    pruner = CatalystPruner(model, torch.randn(2, 3, 8, 8))
+    views = {m.group: m.site_views for _, m in catalysts(pruner.model)}
+    assert sorted(views.values()) == [[False], [True]]
+    for net in (pruner.model, CatalystPruner(torchvision.models.resnet18(num_classes=4).train(),
+                                             torch.randn(1, 3, 32, 32)).model):
+        loss = net(torch.randn(4, 3, 32, 32)).square().mean()
+        loss.backward()  # no "view modified in place" error anywhere
+        assert all(m.d.grad is not None for _, m in catalysts(net))
+
+
 def test_catalysts_start_at_c_times_the_group_norm() -> None:
     model, x = build("residual")
     pruner = CatalystPruner(model, x, c=1.7)
@@ -227,15 +253,37 @@ def test_penalty_is_differentiable_and_reaches_every_catalyst() -> None:
     assert float(catalyst_penalty(pruner.model)) > 0
 
 
-def test_catalyst_gradients_equal_the_written_out_formula() -> None:
+@pytest.mark.parametrize("name", ["residual", "concat", "shuffle", "grouped_conv", "norms", "tokens"])
+def test_penalty_equals_the_sum_over_groups_of_d_times_the_group_norm(name: str) -> None:
+    model, x = build(name)
+    gm = CatalystPruner(model, x, c=1.3).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, m in catalysts(gm):
+            m.d.mul_(torch.rand_like(m.d) + 0.5)  # D no longer proportional to ||G||
+    found = [m for _, m in catalysts(gm)]
+    written_out = sum(float((m.d.abs() * m.magnitude(gm)).sum()) for m in found)
+    assert float(catalyst_penalty(gm)) == pytest.approx(written_out, rel=1e-6)
+    expected = torch.autograd.grad(sum((m.d.abs() * m.magnitude(gm)).sum() for m in found),
+                                   list(gm.parameters()), allow_unused=True)
+    got = torch.autograd.grad(catalyst_penalty(gm), list(gm.parameters()), allow_unused=True)
+    for (pname, _), e, g in zip(gm.named_parameters(), expected, got):
+        assert (e is None) == (g is None), pname
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=pname)
+
+
+@pytest.mark.parametrize("view", [False, True])
+@pytest.mark.parametrize("index", [[0, 1, 2, 3, 0, 1], None])  # 6 positions, 4 channels; identity
+def test_catalyst_gradients_equal_the_written_out_formula(index: list[int] | None, view: bool) -> None:
     from fxprune.passes.catalyst import _Catalyse
 
     u = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
-    d = torch.rand(4, dtype=torch.float64, requires_grad=True)
-    index = torch.tensor([0, 1, 2, 3, 0, 1])  # six positions, four channels
+    d = torch.rand(4 if index else 6, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor(index) if index else None
     weight = torch.randn(2, 6, 3, 3, dtype=torch.float64)
-    ours = (_Catalyse.apply(torch.relu(u), u, d, index, 1) * weight).sum()
-    dd = d[index]
+    ours = (_Catalyse.apply(torch.relu(u), u, d, index, 1, view) * weight).sum()
+    dd = d if index is None else d[index]
     formula = ((torch.relu(u) + (dd - dd.detach()).view(1, -1, 1, 1) * u) * weight).sum()
     assert float(ours.detach()) == float(formula.detach())
     for a, b in zip(torch.autograd.grad(ours, (u, d)), torch.autograd.grad(formula, (u, d))):

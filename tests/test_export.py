@@ -88,6 +88,43 @@ def test_falls_back_to_the_legacy_exporter_with_a_warning(tmp_path: Path, monkey
     assert report.max_rel_diff < 1e-3
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_external_data_is_written_beside_the_model_and_found(
+        exporter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if exporter == "legacy":
+        monkeypatch.setattr(onnx_export, "_dynamo", lambda *a: (_ for _ in ()).throw(RuntimeError("off")))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = export_onnx(model, x, tmp_path / "m.onnx", external_data=True)
+    assert report.exporter == exporter and report.data_path == tmp_path / "m.onnx.data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    weights = sum(t.numel() * 4 for t in model.parameters())
+    # the weights are in the data file (small tensors such as biases may stay inline)
+    assert report.path.stat().st_size < weights / 10 and report.data_path.stat().st_size > 0.95 * weights
+    assert report.size_bytes == report.path.stat().st_size + report.data_path.stat().st_size
+    # moved elsewhere together, the pair still loads (the reference is relative)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for f in ("m.onnx", "m.onnx.data"):
+        (tmp_path / f).rename(moved / f)
+    outputs = onnx_export._run_onnx(str(moved / "m.onnx"), (x,))
+    torch.testing.assert_close(torch.from_numpy(outputs[0]), model(x).detach(), rtol=1e-3, atol=1e-4)
+    # a later export that fits one file takes the stale weights file away
+    report = export_onnx(model, x, moved / "m.onnx")
+    assert report.data_path is None and [p.name for p in moved.iterdir()] == ["m.onnx"]
+
+
+def test_weights_past_the_protobuf_limit_go_to_external_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = build("residual")
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", weights)  # as if the model were > 2 GB
+    assert export_onnx(model, x, tmp_path / "m.onnx").data_path == tmp_path / "m.onnx.data"
+
+
 def test_fxprune_only_modules_must_be_finished_first(tmp_path: Path) -> None:
     class Marker(nn.Identity):
         fxprune_only = True

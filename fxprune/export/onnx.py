@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from fxprune.save import trace_inputs
 log = logging.getLogger(__name__)
 
 ATOL, RTOL = 1e-4, 1e-3
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ONNX protobuf file cannot be larger
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,9 +37,10 @@ class ExportReport:
     """What was written and how closely onnxruntime matches PyTorch."""
 
     path: Path
+    data_path: Path | None  # the weights' file beside `path`, where they are external data
     exporter: str  # "dynamo" (torch.export based) or "legacy" (TorchScript based)
     opset: int
-    size_bytes: int
+    size_bytes: int  # the model and its external data together
     dynamic_batch: bool
     batch_sizes: tuple[int, ...]  # where parity was checked
     max_abs_diff: float
@@ -46,7 +49,8 @@ class ExportReport:
 
     def __str__(self) -> str:
         lines = [
-            f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, opset {self.opset}, "
+            f"wrote {self.path}{f' and {self.data_path.name}' if self.data_path else ''} "
+            f"({self.size_bytes / 1e6:.2f} MB, opset {self.opset}, "
             f"{self.exporter} exporter{', dynamic batch' if self.dynamic_batch else ''})",
             f"onnxruntime vs PyTorch at batch {', '.join(map(str, self.batch_sizes))}: "
             f"max abs diff {self.max_abs_diff:.2e}, max rel diff {self.max_rel_diff:.2e}",
@@ -83,7 +87,7 @@ def _second_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _dynamo(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int | None,
-            dynamic_batch: bool) -> int:
+            dynamic_batch: bool, external_data: bool) -> int:
     shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1)
@@ -94,12 +98,12 @@ def _dynamo(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset
         traced = trace_inputs(inputs) if dynamic_batch else inputs
         program = torch.onnx.export(model, traced, dynamo=True, opset_version=opset,
                                     dynamic_shapes=shapes, external_data=False, verbose=False)
-        program.save(path)
+        program.save(path, external_data=external_data)
     return int(program.model.opset_imports.get("", opset or 18))
 
 
 def _legacy(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int | None,
-            dynamic_batch: bool) -> int:
+            dynamic_batch: bool, external_data: bool) -> int:
     opset = opset or 17
     names = [f"input_{i}" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
@@ -109,7 +113,28 @@ def _legacy(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset
         warnings.simplefilter("ignore")
         torch.onnx.export(model, inputs, path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["output"], dynamic_axes=axes)
+    if external_data and not Path(path + ".data").exists():
+        import onnx
+
+        onnx.save_model(onnx.load(path), path, save_as_external_data=True,
+                        location=Path(path).name + ".data")
     return opset
+
+
+def _publish(staging: Path, target: Path) -> Path | None:
+    """Move what the exporter wrote in `staging` beside `target`: side files (external data)
+    first, the model last, each by an atomic rename; returns the data file, if any."""
+    data = None
+    for f in sorted(staging.iterdir()):
+        if f.name != target.name:
+            os.chmod(f, 0o644)
+            os.replace(f, target.parent / f.name)
+            data = target.parent / f.name if f.name == target.name + ".data" else data
+    if data is None:  # a smaller model replaces a larger one: its old weights file goes
+        (target.parent / (target.name + ".data")).unlink(missing_ok=True)
+    os.chmod(staging / target.name, 0o644)
+    os.replace(staging / target.name, target)
+    return data
 
 
 def _run_onnx(path: str, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
@@ -159,12 +184,15 @@ def export_onnx(
     opset: int | None = None,
     dynamic_batch: bool = True,
     check: bool = True,
+    external_data: bool | None = None,
 ) -> ExportReport:
     """Write `model` to `path` as ONNX and report how closely onnxruntime matches PyTorch.
 
     Uses the torch.export-based exporter (``dynamo=True``) and falls back to the legacy one,
     with a warning saying why, only where it fails. With ``check=True`` a difference beyond
     1e-4 absolute and 1e-3 relative raises `ExportError` and no file is left behind.
+    The weights go to ``<path>.data`` beside the model when ``external_data=True`` or, by
+    default, when they would pass protobuf's 2 GB limit (ViT-H/14, RegNet-Y-128GF).
     """
     model = check_module(model)
     inputs = as_input_tuple(example_inputs)
@@ -172,20 +200,27 @@ def export_onnx(
     was_training = {m: m.training for m in model.modules()}
     for m in model.modules():
         m.training = False  # export what is deployed: BatchNorm statistics, no dropout
+    if external_data is None:
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        external_data = weights > 0.9 * PROTOBUF_LIMIT  # room for the graph itself
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
+    # Written in a hidden folder beside the target and moved in once checked, so a failed or
+    # killed export leaves nothing, and external data keeps the name the model refers to.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = str(staging / target.name)
     try:
         fallback = None
         try:
-            opset_used = _dynamo(model, inputs, tmp, opset, dynamic_batch)
+            opset_used = _dynamo(model, inputs, tmp, opset, dynamic_batch, external_data)
             exporter = "dynamo"
         except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other one
             fallback = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
             warnings.warn(f"fxprune: the torch.export-based ONNX exporter failed ({fallback}); "
                           "using the legacy TorchScript exporter instead", stacklevel=2)
-            opset_used = _legacy(model, inputs, tmp, opset, dynamic_batch)
+            for f in staging.iterdir():  # whatever the failed exporter left
+                f.unlink()
+            opset_used = _legacy(model, inputs, tmp, opset, dynamic_batch, external_data)
             exporter = "legacy"
         import onnx
 
@@ -198,16 +233,14 @@ def export_onnx(
                 f"beyond {ATOL:g} absolute and {RTOL:g} relative; no file was written. Try "
                 "another opset, or check=False to keep the file and inspect it."
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        size = sum(f.stat().st_size for f in staging.iterdir())
+        data = _publish(staging, target)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         for m, mode in was_training.items():
             m.training = mode
     return ExportReport(
-        path=target, exporter=exporter, opset=opset_used, size_bytes=target.stat().st_size,
+        path=target, data_path=data, exporter=exporter, opset=opset_used, size_bytes=size,
         dynamic_batch=dynamic_batch, batch_sizes=tuple(b[0].shape[0] for b in batches),
         max_abs_diff=worst_abs, max_rel_diff=worst_rel, fallback_reason=fallback,
     )
