@@ -1,7 +1,7 @@
 """Coverage: every torchvision classifier through fxprune and through Torch-Pruning.
 
 Per model (random weights with all-zero layers given small random values, 1x3xSxS input,
-each model in its own subprocess with a 16 GB address-space cap so that one blow-up cannot
+each model in its own subprocess with a 16 GB address-space cap (--cap-gb) so that one blow-up cannot
 take the sweep down):
 
 - fxprune: traced, analysed, 30% of every prunable group removed at random, slim == zeroed
@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 import torchvision
-
-CAP_BYTES = 16 * 2**30
 
 
 def _size(name: str) -> int:
@@ -79,8 +77,9 @@ def torch_pruning_side(name: str, folder: Path, out: dict) -> None:
     out["onnx"] = True
 
 
-def one(name: str, side: str) -> dict:
-    resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
+def one(name: str, side: str, cap_gb: float) -> dict:
+    cap = int(cap_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.set_flush_denormal(True)
     out: dict = {}  # filled step by step, so a failure still shows how far the tool got
     with tempfile.TemporaryDirectory() as folder:
@@ -91,16 +90,17 @@ def one(name: str, side: str) -> dict:
     return out
 
 
-def run(name: str, side: str, timeout: int) -> dict:
+def run(name: str, side: str, timeout: int, cap_gb: float) -> dict:
     start = time.perf_counter()
-    out = _run(name, side, timeout)
+    out = _run(name, side, timeout, cap_gb)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
-def _run(name: str, side: str, timeout: int) -> dict:
+def _run(name: str, side: str, timeout: int, cap_gb: float) -> dict:
     try:
-        result = subprocess.run([sys.executable, __file__, "--one", name, "--side", side],
+        result = subprocess.run([sys.executable, __file__, "--one", name, "--side", side,
+                                 "--cap-gb", str(cap_gb)],
                                 capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
@@ -121,13 +121,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models")
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap per side")
     parser.add_argument("--json", default="benchmarks/results/coverage.json")
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.side)))
+        print(json.dumps(one(args.one, args.side, args.cap_gb)))
         return 0
     from fxprune import atomic
 
@@ -145,8 +146,8 @@ def main() -> int:
     for name in names:
         row = done.get(name)
         if row is None or args.models:
-            row = {"model": name, "fxprune": run(name, "fxprune", args.timeout),
-                   "torch_pruning": run(name, "tp", args.timeout)}
+            row = {"model": name, "fxprune": run(name, "fxprune", args.timeout, args.cap_gb),
+                   "torch_pruning": run(name, "tp", args.timeout, args.cap_gb)}
         rows.append(row)
         keep = rows + [r for n, r in done.items() if n not in {x["model"] for x in rows}]
         atomic.write_text(args.json, json.dumps(keep, indent=1))
