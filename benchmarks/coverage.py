@@ -65,7 +65,9 @@ def torch_pruning_side(name: str, folder: Path, out: dict) -> None:
     x = torch.randn(1, 3, _size(name), _size(name))
     with torch.no_grad():
         shape = model(x).shape
-    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    # the classifier: Torch-Pruning must be told not to prune the classes (the last Linear,
+    # or SqueezeNet's final 1x1 conv); fxprune finds that the output's channels are fixed
+    classifier = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
                                        pruning_ratio=0.3, ignored_layers=classifier)
     out["graph"] = True
