@@ -47,10 +47,11 @@ class _Catalyse(torch.autograd.Function):
 
     Forward: (D - stopgrad(D)) is exactly zero, so psi's value is sigma(u): returned as a view
     where the graph never edits it in place, else cloned (autograd forbids in-place edits of a
-    custom Function's outputs that alias its inputs, and models do edit, e.g. `out += identity`;
-    the clone cost a CIFAR ResNet-56 4% of its training step). Backward: dpsi/dsigma = 1; dpsi/du gets (D - stopgrad(D)) = 0,
-    so nothing; dpsi/dD_i = sum over the channel's positions of grad * u. Writing the zero term
-    out in tensor ops cost two extra passes over every activation forward and three backward.
+    custom Function's outputs that alias its inputs, and models do edit, e.g. `x.add_(y)`; the
+    clone cost a CIFAR ResNet-56 4% of its training step). Backward: dpsi/dsigma = 1; dpsi/du
+    gets (D - stopgrad(D)) = 0, so nothing; dpsi/dD_i = sum over the channel's positions of
+    grad * u. Writing the zero term out in tensor ops cost two extra passes over every
+    activation forward and three backward.
     """
 
     @staticmethod
@@ -127,8 +128,8 @@ def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: 
     """Per channel, the sum of |x|**power over every parameter slice that holds it
     (differentiable; `power` 2 gives squared group norms, 1 gives L1 norms).
 
-    A slice's positions/channels of None mean the identity (see `unless_identity`). Each parameter is
-    reduced by one fused norm, with no copy of it: this runs every training step.
+    A slice's positions/channels of None mean the identity (see `unless_identity`). Each
+    parameter is reduced by one fused norm, with no copy of it.
     """
     rows, chans = [], []
     for param, dim, positions, chan in slices:
@@ -203,7 +204,8 @@ def _penalty_plan(gm: nn.Module, found: list[Catalyst],
                 vectors.append((param, positions))
                 vector_index.append(target)
         offset += width
-    return matrices, vectors, torch.cat(matrix_index + vector_index).to(device)
+    return matrices, vectors, torch.cat(matrix_index + vector_index)
+
 
 def group_slices(gm: nn.Module, group: ChannelGroup, target: str) -> list[Slice]:
     """The parameter slices that make G for `group`: "group" (every trainable slice holding
@@ -302,6 +304,7 @@ _FRESH_FUNCTIONS = {operator.add, operator.mul, operator.sub, torch.add, torch.m
 
 
 def _never_edited(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Whether every user of `node` only reads it (so a catalyst after it may return a view)."""
     for user in node.users:
         if user.op == "call_module":
             module = gm.get_submodule(user.target)
