@@ -16,7 +16,7 @@ after pruning (before fine-tuning), after fine-tuning, the margin in decades (Ca
 smallest pruned c over largest kept c; the others: lowest kept score over highest pruned)
 and the rank correlation of the decisions with the initial channel magnitude.
 
-    python benchmarks/accuracy_digits.py [--seeds 0,1,2] [--levels 2,3]   # about 40 min, CPU
+    python benchmarks/accuracy_digits.py [--seeds 0,1,2] [--levels 2,3]   # about 50 min, CPU
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--levels", default="2,3")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--opt1-epochs", type=int, default=40)
+    parser.add_argument("--opt1-epochs", type=int, default=50)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--tp-reg", type=float, default=1e-3)
     parser.add_argument("--json", default="benchmarks/results/accuracy_digits.json")

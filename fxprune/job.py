@@ -225,6 +225,26 @@ class Job:
         self.state.seconds["total_this_process"] = time.perf_counter() - start
         return self.report()
 
+    def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> nn.Module:
+        """Restore a stage interrupted mid-way; returns the model to train (DDP-wrapped)."""
+        if self.state.epoch:
+            model.load_state_dict(self.state.model)
+            optimizer.load_state_dict(self.state.optimizer)
+            if schedule is not None:
+                schedule.load_state_dict(self.state.scheduler)
+        return self._wrap(model)
+
+    def _end_epoch(self, stage: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   started: float, schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+        """Record the finished epoch in the state and write the checkpoint."""
+        self.state.epoch, self.state.model = epoch + 1, model.state_dict()
+        self.state.optimizer = optimizer.state_dict()
+        if schedule is not None:
+            self.state.scheduler = schedule.state_dict()
+        self._timed(stage, time.perf_counter() - started)
+        self._save_checkpoint()
+
     def _timed(self, stage: str, seconds: float) -> None:
         self.state.seconds[stage] = self.state.seconds.get(stage, 0.0) + seconds
 
@@ -239,21 +259,14 @@ class Job:
         else:
             optimizer = self._sgd(model.parameters(), cfg.pretrain_lr)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.pretrain_epochs)
-            if self.state.epoch:
-                model.load_state_dict(self.state.model)
-                optimizer.load_state_dict(self.state.optimizer)
-                schedule.load_state_dict(self.state.scheduler)
-            trained = self._wrap(model)
+            trained = self._resume(model, optimizer, schedule)
             for epoch in self._epochs("pretrain", cfg.pretrain_epochs):
                 t = time.perf_counter()
                 loss = self._train_epoch(trained, optimizer, None)
                 schedule.step()
                 self._record(epoch=epoch, loss=loss, acc=accuracy(model, self.test_loader,
                                                                   device=self.device))
-                self.state.epoch, self.state.model = epoch + 1, model.state_dict()
-                self.state.optimizer, self.state.scheduler = optimizer.state_dict(), schedule.state_dict()
-                self._timed("pretrain", time.perf_counter() - t)
-                self._save_checkpoint()
+                self._end_epoch("pretrain", epoch, model, optimizer, t, schedule)
         self.state.pretrained = copy.deepcopy(model.state_dict())
         self.state.figures["baseline_acc"] = accuracy(model, self.test_loader, device=self.device)
         self._next("opt1")
@@ -280,10 +293,7 @@ class Job:
         cfg = self.cfg
         pruner = CatalystPruner(gm, self.example, c=c, gamma=cfg.gamma, kappa=cfg.kappa)
         optimizer = pruner.sgd(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        if self.state.epoch:
-            pruner.model.load_state_dict(self.state.model)
-            optimizer.load_state_dict(self.state.optimizer)
-        trained = self._wrap(pruner.model)
+        trained = self._resume(pruner.model, optimizer)
         for epoch in self._epochs("opt1", cfg.opt1_epochs):
             t = time.perf_counter()
             loss = self._train_epoch(trained, optimizer, pruner.penalty)
@@ -291,10 +301,7 @@ class Job:
             self._record(epoch=epoch, c0=c, loss=loss, penalty=d.penalty, decided=d.decided,
                          margin=d.margin_decades,
                          acc=accuracy(pruner.model, self.test_loader, device=self.device))
-            self.state.epoch, self.state.model = epoch + 1, pruner.model.state_dict()
-            self.state.optimizer = optimizer.state_dict()
-            self._timed("opt1", time.perf_counter() - t)
-            self._save_checkpoint()
+            self._end_epoch("opt1", epoch, pruner.model, optimizer, t)
             if d.converged:
                 break
         return pruner, pruner.converged()
@@ -330,19 +337,13 @@ class Job:
         scorer = Scorer(model, graph, cfg.method)
         strength = cfg.strength if cfg.method in ("group-lasso", "slimming") else 0.0
         optimizer = self._sgd(model.parameters(), cfg.lr)
-        if self.state.epoch:
-            model.load_state_dict(self.state.model)
-            optimizer.load_state_dict(self.state.optimizer)
-        trained = self._wrap(model)
+        trained = self._resume(model, optimizer)
         for epoch in self._epochs("opt1", cfg.opt1_epochs if strength else 0):
             t = time.perf_counter()
             loss = self._train_epoch(trained, optimizer, lambda: strength * scorer.penalty(model))
             self._record(epoch=epoch, loss=loss,
                          acc=accuracy(model, self.test_loader, device=self.device))
-            self.state.epoch, self.state.model = epoch + 1, model.state_dict()
-            self.state.optimizer = optimizer.state_dict()
-            self._timed("opt1", time.perf_counter() - t)
-            self._save_checkpoint()
+            self._end_epoch("opt1", epoch, model, optimizer, t)
         self.state.opt1_done = {"model": model.state_dict(), "converged": True}
 
     def _slim(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> torch.fx.GraphModule:
@@ -428,19 +429,13 @@ class Job:
     def _finetune(self, slim: torch.fx.GraphModule) -> None:
         cfg = self.cfg
         optimizer = self._sgd(slim.parameters(), cfg.lr)
-        if self.state.epoch:
-            slim.load_state_dict(self.state.model)
-            optimizer.load_state_dict(self.state.optimizer)
-        trained = self._wrap(slim)
+        trained = self._resume(slim, optimizer)
         for epoch in self._epochs("finetune", cfg.finetune_epochs):
             t = time.perf_counter()
             loss = self._train_epoch(trained, optimizer, None)
             self._record(epoch=epoch, loss=loss, acc=accuracy(slim, self.test_loader,
                                                               device=self.device))
-            self.state.epoch, self.state.model = epoch + 1, slim.state_dict()
-            self.state.optimizer = optimizer.state_dict()
-            self._timed("finetune", time.perf_counter() - t)
-            self._save_checkpoint()
+            self._end_epoch("finetune", epoch, slim, optimizer, t)
         self.state.model = slim.state_dict()
         self._next("export")
 

@@ -105,10 +105,11 @@ class CatalystPruner:
     def converged(self) -> bool:
         """The eps rule (||DW||_{2,1} < eps) or the kappa rule (every |log10 c| > kappa)."""
         with torch.no_grad():
-            if float(catalyst_penalty(self.model)) < self.eps:
-                return True
-        logs = np.abs(np.log10(np.concatenate(list(self.ratios().values()))))
-        return bool(np.all(logs > self.kappa))
+            penalty = float(catalyst_penalty(self.model))
+        return self._converged(penalty, np.log10(np.concatenate(list(self.ratios().values()))))
+
+    def _converged(self, penalty: float, log_c: np.ndarray) -> bool:
+        return penalty < self.eps or bool(np.all(np.abs(log_c) > self.kappa))
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> list[str]:
         """Warn when the effective step lr * gamma / (1 - momentum) breaks the learning-rate
@@ -220,7 +221,7 @@ class CatalystPruner:
         with torch.no_grad():
             penalty = float(catalyst_penalty(self.model)) if ratios else 0.0
         return Diagnostics(
-            converged=self.converged() if ratios else True,
+            converged=self._converged(penalty, log_c) if ratios else True,
             margin=float(margin),
             margin_decades=float(np.log10(margin)) if np.isfinite(margin) else float("inf"),
             decided=float(np.mean(np.abs(log_c) > self.kappa)) if len(c) else 1.0,

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from models import MODELS, build
+from torch import nn
 from torch.utils.data import DataLoader
 
 import fxprune
@@ -69,6 +70,14 @@ def test_outputs_edited_in_place_are_copied_and_the_others_are_views() -> None:
         loss = net(torch.randn(4, 3, 32, 32)).square().mean()
         loss.backward()  # no "view modified in place" error anywhere
         assert all(m.d.grad is not None for _, m in catalysts(net))
+
+
+def test_a_norm_layer_is_never_a_site_of_its_own() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.LayerNorm([4, 4]), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    pruner = CatalystPruner(model, torch.randn(2, 3, 8, 8))
+    sites = {m.group: len(m.site_dims) for _, m in catalysts(pruner.model)}
+    assert sites and all(n == 1 for n in sites.values()), sites  # the convs, not the norms
 
 
 def test_catalysts_start_at_c_times_the_group_norm() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import assert_equivalent
 from models import MODELS, build
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -104,13 +105,12 @@ def test_torchvision_models_prune_and_export_from_cuda(name: str, tmp_path: Path
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
     request = random_request(graph, 0.3, 0, exact_only=True)
-    with torch.no_grad():
-        slim = fxprune.prune_channels(gm, graph, request)
-        a, b = slim(x), fxprune.zero_channels(gm, graph, request)(x)
-    assert float((a - b).abs().max() / b.abs().max()) <= 1e-4
+    assert_equivalent(fxprune.prune_channels(gm, graph, request),
+                      fxprune.zero_channels(gm, graph, request), x, rtol=1e-4)
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
+    # export_onnx raises where onnxruntime and PyTorch (here on the GPU) disagree
     report = fxprune.export_onnx(slim, x, tmp_path / f"{name}.onnx")
-    assert report.max_rel_diff < 1e-3 or report.max_abs_diff < 1e-4
+    assert report.batch_sizes == (2, 3)
 
 
 class _Crash(Exception):
@@ -136,6 +136,13 @@ def test_the_job_runs_on_cuda_and_resumes_on_the_cpu(tmp_path: Path) -> None:
     crashed = dataclasses.replace(cfg, out=str(tmp_path / "crashed"))
     with pytest.raises(_Crash):
         Job(crashed, progress=_crash_in_opt1).run()
+    checkpoint = tmp_path / "crashed" / "checkpoint.pt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert (saved["stage"], saved["epoch"]) == ("opt1", 2)
     resumed = Job(dataclasses.replace(crashed, device="cpu"), resume=True).run()
-    assert resumed["stage"] == "done" and (tmp_path / "crashed" / "model.onnx").is_file()
+    assert (tmp_path / "crashed" / "model.onnx").is_file()
     assert resumed["macs_after"] < resumed["macs_before"]
+    # the GPU's pre-training was kept, not redone on the CPU
+    done = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for key, value in saved["pretrained"].items():
+        torch.testing.assert_close(done["pretrained"][key], value, rtol=0, atol=0)

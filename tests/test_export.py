@@ -56,9 +56,8 @@ def test_pruned_torchvision_models_export_with_parity(name: str, tmp_path: Path)
     x = torch.randn(2, 3, 224, 224)
     slim = _slim(randomize_zero_parameters(torchvision.models.get_model(name).eval()), x)
     report = export_onnx(slim, x, tmp_path / f"{name}.onnx")
-    assert report.exporter == "dynamo"
+    assert report.exporter == "dynamo"  # export_onnx itself raises on a parity failure
     assert report.batch_sizes == (2, 3)
-    assert report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
 
 
 def test_parity_failure_raises_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

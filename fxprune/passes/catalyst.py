@@ -133,13 +133,7 @@ def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: 
     """
     rows, chans = [], []
     for param, dim, positions, chan in slices:
-        p = root.get_parameter(param)
-        others = [i for i in range(p.dim()) if i != dim]
-        if others:
-            r = torch.linalg.vector_norm(p, ord=power, dim=others)
-            r = r.square() if power == 2 else r
-        else:
-            r = p.square() if power == 2 else p.abs()
+        r = _row_sums(root.get_parameter(param), dim, power)
         rows.append(r if positions is None else r[positions])
         chans.append(chan)
     if all(c is None for c in chans):
@@ -147,6 +141,15 @@ def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: 
     index = torch.cat([torch.arange(channels, device=rows[0].device) if c is None else c
                        for c in chans])
     return rows[0].new_zeros(channels).index_add(0, index, torch.cat(rows))
+
+
+def _row_sums(p: torch.Tensor, dim: int, power: int) -> torch.Tensor:
+    """Sum of |p|**power over every dim but `dim`, by one fused norm (no copy of `p`)."""
+    others = [i for i in range(p.dim()) if i != dim]
+    if not others:
+        return p.square() if power == 2 else p.abs()
+    r = torch.linalg.vector_norm(p, ord=power, dim=others)
+    return r.square() if power == 2 else r
 
 
 def catalysts(gm: nn.Module) -> Iterator[tuple[str, Catalyst]]:
@@ -172,8 +175,8 @@ def catalyst_penalty(gm: nn.Module) -> torch.Tensor:
         cached = gm.__dict__["_fxprune_penalty"] = (key, _penalty_plan(gm, found, device))
     matrices, vectors, index = cached[1]
     rows = []
-    for param, dims, positions in matrices:
-        r = torch.linalg.vector_norm(gm.get_parameter(param), dim=dims).square()
+    for param, dim, positions in matrices:
+        r = _row_sums(gm.get_parameter(param), dim, 2)
         rows.append(r if positions is None else r[positions])
     if vectors:
         flat = [gm.get_parameter(param) for param, _ in vectors]
@@ -186,19 +189,17 @@ def catalyst_penalty(gm: nn.Module) -> torch.Tensor:
 
 def _penalty_plan(gm: nn.Module, found: list[Catalyst],
                   device: torch.device) -> tuple[list, list, torch.Tensor]:
-    """Where each summed row of `catalyst_penalty` goes: matrices reduced over `dims`, then the
-    vectors (norm scales and shifts, biases) in one piece; `index` maps rows to channels of
-    the concatenated D."""
+    """Where each summed row of `catalyst_penalty` goes: matrices reduced over all but `dim`,
+    then the vectors (norm scales and shifts, biases) in one piece; `index` maps rows to
+    channels of the concatenated D."""
     matrices, vectors, matrix_index, vector_index = [], [], [], []
     offset = 0
     for m in found:
         width = m.d.numel()
         for param, dim, positions, chans in m.slices():
             target = (torch.arange(width, device=device) if chans is None else chans) + offset
-            rank = gm.get_parameter(param).dim()
-            if rank > 1:
-                dims = [i for i in range(rank) if i != dim]
-                matrices.append((param, dims, positions))
+            if gm.get_parameter(param).dim() > 1:
+                matrices.append((param, dim, positions))
                 matrix_index.append(target)
             else:
                 vectors.append((param, positions))
@@ -242,9 +243,11 @@ def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx
         node = nodes.get(m.node)
         if (m.param is None and m.output is None and m.node in producers
                 and node is not None and node.op == "call_module"):
-            entry = ops.lookup(node, gm.get_submodule(node.target))
+            module = gm.get_submodule(node.target)
+            entry = ops.lookup(node, module)
             # conv / linear / embedding make channels; norms and activations only follow them
-            if entry is not None and "weight" in entry.out_params and not entry.catalyst_after:
+            if (entry is not None and "weight" in entry.out_params and not entry.catalyst_after
+                    and not isinstance(module, _NORMS)):
                 sites.append((node, m))
     return sites
 
@@ -278,13 +281,13 @@ def insert_catalysts(
         device = extended.get_parameter(sources[0][0].param).device
         site_specs = [(unless_identity(torch.tensor(m.channels, dtype=torch.long, device=device),
                                        group.channels), m.dim) for _, m in sites]
-        probe = Catalyst(group.id, torch.zeros(group.channels, device=device), site_specs, sources)
+        ends = [_sigma_end(extended, producer) for producer, _ in sites]
+        catalyst = Catalyst(group.id, torch.zeros(group.channels, device=device), site_specs,
+                            sources, [_never_edited(extended, end) for end in ends])
         with torch.no_grad():
-            d = c * probe.magnitude(extended)
-        views = [_never_edited(extended, _sigma_end(extended, producer)) for producer, _ in sites]
-        extended.add_submodule(name, Catalyst(group.id, d, site_specs, sources, views))
-        for k, (producer, _) in enumerate(sites):
-            end = _sigma_end(extended, producer)
+            catalyst.d.copy_(c * catalyst.magnitude(extended))
+        extended.add_submodule(name, catalyst)
+        for k, ((producer, _), end) in enumerate(zip(sites, ends)):
             with extended.graph.inserting_after(end):
                 node = extended.graph.create_node(
                     "call_module", name, (end, producer, k), name=name if k == 0 else f"{name}_site{k}")
