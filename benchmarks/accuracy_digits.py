@@ -5,7 +5,7 @@ For each seed, DigitsNet is pre-trained once; every method then starts from thos
 with the same opt1 budget (``--opt1-epochs``, SGD lr 0.02, momentum 0.9, weight decay 5e-4)
 and the same fine-tuning (``--finetune-epochs``), at 2x and 3x fewer MACs:
 
-- fxprune's methods run through ``fxprune.job.Job`` (the `fxprune prune` pipeline), the
+- fxprune's methods run through ``fxprune.app.job.Job`` (the `fxprune prune` pipeline), the
   baselines meeting the MACs target by ranking, Catalyst by choosing c0 (four complete opt1
   runs on the first seed; the other seeds reuse its c0 and report the MACs they reach);
 - Torch-Pruning's GroupNormPruner (group-L2 sparse training, then global pruning with
@@ -35,15 +35,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fxprune import atomic
+from fxprune.app.datasets import digits
+from fxprune.app.job import Job, JobConfig
+from fxprune.app.model_zoo import DigitsNet
+from fxprune.app.training import accuracy, train_epoch
 from fxprune.baselines import initial_norms
 from fxprune.cost import cost
-from fxprune.data import digits
-from fxprune.job import Job, JobConfig
 from fxprune.passes.analyze import analyze
-from fxprune.pruner import spearman
+from fxprune.pruner import DEFAULT_C, spearman
+from fxprune.target import bisect, bracket
 from fxprune.trace import trace
-from fxprune.train import accuracy, train_epoch
-from fxprune.zoo import DigitsNet
 
 METHODS = ("catalyst", "l1", "group-lasso", "slimming", "magnitude", "tp-groupnorm")
 
@@ -63,7 +64,7 @@ def fxprune_run(method: str, seed: int, level: float, weights: Path, folder: Pat
                 c: float | None) -> dict:
     cfg = JobConfig(seed=seed, weights=str(weights), method=method, opt1_epochs=args.opt1_epochs,
                     finetune_epochs=args.finetune_epochs,
-                    target_macs=None if c is not None else 1 / level, c=c or 1.2,
+                    target_macs=None if c is not None else 1 / level, c=c or DEFAULT_C,
                     out=str(folder / f"{method}-{seed}-{level}"))
     r = Job(cfg).run()
     return {"acc_after_prune": r["acc_after_prune"], "acc_after_finetune": r["final_acc"],
@@ -99,17 +100,17 @@ def tp_run(seed: int, level: float, weights: Path, args: argparse.Namespace) -> 
             sparse.regularize(model)
             optimizer.step()
     full = cost(model, x).macs
-    lo, hi, chosen = 0.0, 0.95, None
-    for _ in range(10):  # the pruning ratio that meets the MACs target
-        mid = (lo + hi) / 2
+
+    def macs_after(ratio: float) -> float:  # falls as the pruning ratio grows
         trial = copy.deepcopy(model)
-        pruner(trial, mid).step()
-        if cost(trial, x).macs <= full / level:
-            chosen, hi = mid, mid
-        else:
-            lo = mid
+        pruner(trial, ratio).step()
+        return cost(trial, x).macs
+
+    probes = bisect(macs_after, full / level, 0.0, 0.95, 10)
+    # the smallest pruning ratio that met the MACs target (0.95 if none did)
+    _, ratio = bracket(probes, full / level, 0.0, 0.95)
     slim = copy.deepcopy(model)
-    tp_pruner = pruner(slim, chosen if chosen is not None else hi)
+    tp_pruner = pruner(slim, ratio)
     tp_pruner.step()
     pruned = _tp_pruned(model, slim, norms)  # before fine-tuning moves the scales
     after_prune = accuracy(slim, test_loader)

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from fxprune.job import Job, JobConfig, init_distributed
+from fxprune.app.job import Job, JobConfig, init_distributed
 
 
 def main() -> int:

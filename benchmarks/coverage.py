@@ -32,12 +32,14 @@ import torchvision
 
 
 def _size(name: str) -> int:
-    return 299 if name == "inception_v3" else 224
+    from fxprune.app.model_specs import input_size
+
+    return input_size(name)
 
 
 def fxprune_side(name: str, folder: Path, out: dict) -> None:
     import fxprune
-    from fxprune.models import randomize_zero_parameters
+    from fxprune.app.model_specs import randomize_zero_parameters
     from fxprune.passes.plan import random_request
 
     model = randomize_zero_parameters(torchvision.models.get_model(name).eval())

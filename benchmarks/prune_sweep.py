@@ -25,7 +25,7 @@ import torchvision
 
 import fxprune
 from fxprune import atomic
-from fxprune.models import randomize_zero_parameters
+from fxprune.app.model_specs import input_size, randomize_zero_parameters
 from fxprune.passes.plan import random_request
 
 NAMED = ["resnet50", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
@@ -39,7 +39,7 @@ def removal(graph: fxprune.ChannelGraph, fraction: float, seed: int, exact_only:
 
 def measure(name: str, fraction: float) -> dict:
     torch.manual_seed(0)
-    size = 299 if name == "inception_v3" else 224
+    size = input_size(name)
     model = randomize_zero_parameters(torchvision.models.get_model(name).eval())
     x = torch.randn(1, 3, size, size)
     start = time.perf_counter()

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import torchvision
 
 from fxprune import atomic
+from fxprune.app.model_zoo import cifar_resnet56
 from fxprune.pruner import CatalystPruner
-from fxprune.zoo import cifar_resnet56
 
 CASES = {"resnet18": (lambda: torchvision.models.resnet18(), (8, 3, 224, 224), 1000),
          "cifar_resnet56": (lambda: cifar_resnet56(), (64, 3, 32, 32), 10)}

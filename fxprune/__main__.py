@@ -1,5 +1,5 @@
 import sys
 
-from fxprune.cli import main
+from fxprune.app.cli import main
 
 sys.exit(main())

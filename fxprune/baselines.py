@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fxprune import ops
 from fxprune.graph import ChannelGraph
-from fxprune.passes.catalyst import channel_sums, group_slices
+from fxprune.passes.catalyst import channel_sums, group_norms, group_slices
+from fxprune.passes.plan import round_kept
 
 METHODS = ("group-lasso", "slimming", "l1", "magnitude")
 _TARGET = {"group-lasso": "group", "magnitude": "group", "slimming": "bn-scale", "l1": "group"}
@@ -38,12 +40,11 @@ class Scorer:
                 self.slices[g.id] = (slices, g.channels)
 
     def scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
-        power = _POWER[self.method]
-        out = {}
-        for gid, (slices, channels) in self.slices.items():
-            total = channel_sums(model, slices, channels, power=power)
-            out[gid] = (total + 1e-12).sqrt() if power == 2 else total
-        return out
+        if _POWER[self.method] == 2:
+            return {gid: group_norms(model, slices, channels)
+                    for gid, (slices, channels) in self.slices.items()}
+        return {gid: channel_sums(model, slices, channels, power=1)
+                for gid, (slices, channels) in self.slices.items()}
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The method's regulariser: the sum of all scores (zero for one-shot methods)."""
@@ -68,15 +69,18 @@ class Scorer:
         out = {}
         for g, chosen in remove.items():  # chosen is in ascending score order
             total = len(scores[g])
-            kept = min(total, -(-(total - len(chosen)) // round_to) * round_to)
+            kept = round_kept(total - len(chosen), total, round_to)
             if kept < total:
                 out[g] = sorted(chosen[: total - kept])
         return out
 
 
 def _is_producer(model: nn.Module, param: str) -> bool:
-    owner = model.get_submodule(param.rpartition(".")[0]) if "." in param else None
-    return isinstance(owner, (nn.modules.conv._ConvNd, nn.Linear)) and param.endswith(".weight")
+    """Whether `param` is the weight of a module that makes channels (the op table's
+    ``produces``: conv, linear, embedding)."""
+    owner, _, name = param.rpartition(".")
+    entry = ops.lookup_module(model.get_submodule(owner)) if owner else None
+    return entry is not None and entry.produces is not None and name == "weight"
 
 
 def initial_norms(model: nn.Module, graph: ChannelGraph) -> dict[int, np.ndarray]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxprune.errors import InputError, as_input_tuple, check_module
+from fxprune.errors import InputError, as_input_tuple, check_module, first_line
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
         with torch.no_grad(), counter:
             model(*inputs)
     except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
-        first_line = (str(exc).strip().splitlines() or [""])[0]
         raise InputError(
             f"the example inputs do not run through the model: {type(exc).__name__}: "
-            f"{first_line}. Check the number, shape, dtype and device of the inputs."
+            f"{first_line(exc)}. Check the number, shape, dtype and device of the inputs."
         ) from exc
     finally:
         for m, mode in modes:

@@ -41,6 +41,11 @@ class ExportError(FxPruneError):
     """The model cannot be exported, or the exported file does not compute what PyTorch does."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: what an fxprune error quotes of a cause."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def user_line(node: torch.fx.Node) -> str:
     """The last frame of the node's stack trace: the user's source line, or '' if unknown."""
     trace = node.stack_trace or ""

@@ -119,17 +119,3 @@ class ChannelGraph:
 
     def to_json(self, **kwargs: object) -> str:
         return json.dumps(self.to_dict(), **kwargs)
-
-    def to_dot(self) -> str:
-        """Graphviz source: model nodes coloured by the first group they hold."""
-        from fxprune.export.palette import colour
-
-        lines = ["digraph channel_groups {", "  rankdir=TB;", '  node [shape=box, style=filled, fontname="Helvetica"];']
-        for name in self.node_order:
-            held = [grp.id for grp in self.groups if name in grp.nodes]
-            fill = colour(held[0]) if held else "#eeeeee"
-            label = f"{name}\\n{self.node_ops[name]}" + (f"\\ngroups {held}" if held else "")
-            lines.append(f'  "{name}" [label="{label}", fillcolor="{fill}"];')
-        lines += [f'  "{a}" -> "{b}";' for a, b in self.edges]
-        lines.append("}")
-        return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from torch import nn
 from fxprune.errors import PruneError
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import catalyst_penalty, catalysts, insert_catalysts, strip_catalysts
+from fxprune.passes.plan import round_kept
 from fxprune.passes.slim import prune_channels
 from fxprune.trace import trace
 
@@ -158,7 +159,7 @@ class CatalystPruner:
                               f"{keep} (the lowest c, {c[keep]:.3g})", stacklevel=3)
                 gone = gone[gone != keep]
             kept = len(c) - len(gone)
-            rounded = min(len(c), -(-kept // round_to) * round_to)
+            rounded = round_kept(kept, len(c), round_to)
             gone = gone[np.argsort(c[gone])][rounded - kept:]  # give back the lowest c first
             if len(gone):
                 remove[gid] = sorted(gone.tolist())

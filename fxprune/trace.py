@@ -7,11 +7,12 @@ made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,17 +20,21 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from fxprune.errors import InputError, TraceError, as_input_tuple, check_module, describe
+from fxprune import ops
+from fxprune.errors import (
+    InputError,
+    TraceError,
+    as_input_tuple,
+    check_module,
+    describe,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
 
 LEAF_KEY = "fxprune.leaf"
-# Frames inside these directories are fx or nn.Module machinery, never the user's line.
-_SKIP_DIRS = (
-    os.path.dirname(torch.fx.__file__),
-    os.path.dirname(torch.nn.modules.__file__),
-    os.path.dirname(__file__) + os.sep,
-)
+# Frames inside torch are fx, nn.Module or torch-function machinery, never the user's line.
+_SKIP_DIR = os.path.dirname(torch.__file__) + os.sep
 MAX_LEAF_RETRIES = 32
 
 
@@ -58,9 +63,10 @@ class _Tracer(torch.fx.Tracer):
             return node  # made by fx itself: no user line to point at
         # fx's own record_stack_traces costs ~10x the trace; one frame is all errors need.
         frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
+        while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIR):
             frame = frame.f_back
-        if frame is not None:
+        # Reaching this module means the op was made by the tracer itself, outside the model.
+        if frame is not None and frame.f_code.co_filename != __file__:
             code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
             node.stack_trace = (
                 f'File "{frame.f_code.co_filename}", line {frame.f_lineno}, '
@@ -112,53 +118,22 @@ def _symbolic_trace(
     raise TraceError(f"gave up after making {MAX_LEAF_RETRIES} submodules leaves: {sorted(leaves)}")
 
 
-_SAME_SHAPE_MODULES = (
-    torch.nn.modules.batchnorm._NormBase,
-    torch.nn.GroupNorm,
-    torch.nn.LayerNorm,
-    torch.nn.ReLU,
-    torch.nn.ReLU6,
-    torch.nn.SiLU,
-    torch.nn.GELU,
-    torch.nn.Hardswish,
-    torch.nn.Hardsigmoid,
-    torch.nn.Sigmoid,
-    torch.nn.Dropout,
-    torch.nn.Identity,
-)
-
-
-def _known_shape(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
-    """The output shape of common modules from their attributes, or None to run them."""
-    if isinstance(module, _SAME_SHAPE_MODULES):
-        return tuple(x.shape)
-    if type(module) is torch.nn.Linear:
-        if x.dim() == 0 or x.shape[-1] != module.in_features:
-            return None
-        return (*x.shape[:-1], module.out_features)
-    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d):
-        n = module.weight.dim() - 2
-        if isinstance(module.padding, str) or x.dim() != n + 2 or x.shape[1] != module.in_channels:
-            return None  # 'same' padding or a bad input: let the real kernel decide or complain
-        spatial = [
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(x.shape[2:], module.padding, module.dilation,
-                                        module.kernel_size, module.stride)
-        ]
-        if min(spatial) <= 0:
-            return None
-        return (x.shape[0], module.out_channels, *spatial)
-    return None
-
-
 class _ShapeProp(torch.fx.Interpreter):
     """Shape propagation on fake tensors: no real compute, so tracing stays cheap."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        # run_node's InputError already names the node and the user's line; fx's extra
+        # traceback would append them again, plus a pointer to tlparse, to the message.
+        self.extra_traceback = False
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
         module = self.fetch_attr(target)
         if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            # Fake kernels of these modules cost far more than the arithmetic of their shapes.
-            shape = _known_shape(module, args[0])
+            # Fake kernels of common modules cost far more than the arithmetic of their shapes.
+            entry = ops.lookup_module(module)
+            shape = (entry.shape(module, tuple(args[0].shape))
+                     if entry is not None and entry.shape is not None else None)
             if shape is not None:
                 return args[0].new_empty(shape)
         return super().call_module(target, args, kwargs)
@@ -167,10 +142,9 @@ class _ShapeProp(torch.fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
-            first_line = str(exc).strip().split("\n")[0]
             raise InputError(
                 f"the example inputs do not run through the model: node {describe(n)} failed "
-                f"with {type(exc).__name__}: {first_line}. Check the input shape and dtype."
+                f"with {type(exc).__name__}: {first_line(exc)}. Check the input shape and dtype."
             ) from exc
         n.meta["tensor_meta"] = _metadata(result)
         return result
@@ -186,6 +160,21 @@ def _metadata(value: object) -> object:
     return None
 
 
+# Fake tensors log a kernel's failure with its traceback at ERROR before raising it; a failure
+# here is expected (a bad input, or a leaf that needs real data) and reported by fxprune.
+_FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`.
 
@@ -198,7 +187,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...])
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         fake = tuple(mode.from_tensor(t) for t in inputs)
         try:
-            with mode, torch.no_grad():
+            with mode, torch.no_grad(), _quiet(_FAKE_LOG):
                 _ShapeProp(gm).run(*fake)
         except InputError:
             log.info("fake shape propagation failed; running the model once on the real inputs")

@@ -1,5 +1,6 @@
-"""`fxprune prune`: the job end to end on digits, resume after kill -9, baselines, bad input,
-CIFAR and image-folder data, and torchrun with two processes."""
+"""`fxprune prune`: the job end to end on digits, resume after kill -9 and after a crash at
+every kind of checkpoint, baselines, bad input, CIFAR and image-folder data, and torchrun with
+two processes."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
-from fxprune.cli import main
-from fxprune.datasets import load_data
+from fxprune.app.cli import main
+from fxprune.app.datasets import load_data
+from fxprune.app.job import Job, JobConfig
 from fxprune.errors import InputError
-from fxprune.job import Job, JobConfig
 
 TINY = ["--pretrain-epochs", "2", "--opt1-epochs", "3", "--finetune-epochs", "1"]
 
@@ -31,6 +34,31 @@ def _report(out: Path) -> dict:
 
 def _comparable(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("seconds", "config", "onnx")}
+
+
+def _text(report: dict) -> str:
+    """The comparable report as JSON text: NaN figures (a degenerate tiny run) compare equal."""
+    return json.dumps(_comparable(report), default=float)
+
+
+class _Crash(Exception):
+    """Where a killed process would stop: its last checkpoint is on disk."""
+
+
+def _crash_at(stage: str, epoch: int, nth: int = 1) -> Callable[[str, int, int], Iterator[int]]:
+    """A progress hook that crashes the job the `nth` time `stage` is about to train `epoch`."""
+    seen = []
+
+    def progress(name: str, total: int, start: int) -> tqdm:
+        def epochs() -> Iterator[int]:
+            for e in range(start, total):
+                if (name, e) == (stage, epoch):
+                    seen.append(e)
+                    if len(seen) == nth:
+                        raise _Crash
+                yield e
+        return tqdm(epochs(), disable=True)
+    return progress
 
 
 def test_default_job_writes_every_output(tmp_path: Path) -> None:
@@ -189,3 +217,60 @@ def test_catalyst_meets_a_macs_target_by_choosing_c(tmp_path: Path) -> None:
     chosen = min(under or probes, key=lambda p: abs(p["macs_fraction"] - 0.5))
     assert report["chosen_c"] == chosen["c"]
     assert report["macs_after"] / report["macs_before"] == pytest.approx(chosen["macs_fraction"])
+
+
+CALIBRATED = {"pretrain_epochs": 1, "opt1_epochs": 2, "finetune_epochs": 1, "target_macs": 0.5}
+
+
+@pytest.fixture(scope="module")
+def calibrated_whole(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("whole")
+    return _text(Job(JobConfig(**CALIBRATED, out=str(out))).run())
+
+
+@pytest.mark.parametrize(
+    ("stage", "epoch", "nth", "probes"),
+    [("opt1", 0, 2, 1), ("opt1", 1, 3, 2), ("finetune", 0, 1, 4)],
+    ids=["between-calibration-runs", "inside-a-calibration-run", "at-a-stage-start"],
+)
+def test_a_calibrating_job_resumed_anywhere_ends_as_an_uninterrupted_one(
+    stage: str, epoch: int, nth: int, probes: int, calibrated_whole: str, tmp_path: Path
+) -> None:
+    cfg = JobConfig(**CALIBRATED, out=str(tmp_path))
+    with pytest.raises(_Crash):
+        Job(cfg, progress=_crash_at(stage, epoch, nth)).run()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (saved["stage"], saved["epoch"]) == (stage, epoch)
+    assert len(saved["calibration"]["probes"]) == probes
+    assert _text(Job(cfg, resume=True).run()) == calibrated_whole
+
+
+class _KilledAfterOpt1(Job):
+    """Killed after opt1's last checkpoint, before the prune stage's."""
+
+    def _advance(self) -> None:
+        if self.state.stage == "opt1":
+            raise _Crash
+        super()._advance()
+
+
+def test_an_opt1_that_converged_early_trains_no_further_after_a_resume(tmp_path: Path) -> None:
+    # kappa 0.05: every |log10 c| starts at log10(1.2) > kappa, so opt1 converges in one epoch
+    settings = {"pretrain_epochs": 1, "opt1_epochs": 3, "finetune_epochs": 1, "kappa": 0.05}
+    whole = Job(JobConfig(**settings, out=str(tmp_path / "whole"))).run()
+    history = _report(tmp_path / "whole")["history"]
+    assert whole["converged"] and [h["epoch"] for h in history if h["stage"] == "opt1"] == [0]
+    cfg = JobConfig(**settings, out=str(tmp_path / "killed"))
+    with pytest.raises(_Crash):
+        _KilledAfterOpt1(cfg).run()
+    assert _text(Job(cfg, resume=True).run()) == _text(whole)
+    assert _report(tmp_path / "killed")["history"] == history
+
+
+def test_a_baseline_resumes_after_its_decision(tmp_path: Path) -> None:
+    settings = {"method": "l1", "target_macs": 0.5, "pretrain_epochs": 1, "finetune_epochs": 2}
+    whole = Job(JobConfig(**settings, out=str(tmp_path / "whole"))).run()
+    cfg = JobConfig(**settings, out=str(tmp_path / "crashed"))
+    with pytest.raises(_Crash):
+        Job(cfg, progress=_crash_at("finetune", 1)).run()
+    assert _text(Job(cfg, resume=True).run()) == _text(whole)

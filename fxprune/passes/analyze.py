@@ -20,9 +20,10 @@ import torch
 import torch.fx
 
 from fxprune import ops
-from fxprune.errors import AnalysisError, InputError, describe
+from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
-from fxprune.passes.flow import UNTRACKED, Atoms, Flow, SizeOf
+from fxprune.ops.api import Context, untracked_like
+from fxprune.ops.flow import Flow, SizeOf
 from fxprune.trace import LEAF_KEY
 
 log = logging.getLogger(__name__)
@@ -35,116 +36,6 @@ class NodeGroups:
     """The channel groups held along each tracked dim of a node's output."""
 
     dims: tuple[tuple[int, tuple[int, ...]], ...]  # (dim, group ids) pairs
-
-
-class Context:
-    """What a flow rule sees: the node, its inputs' flows and shapes, and the atoms."""
-
-    def __init__(self, gm: torch.fx.GraphModule, strict: bool) -> None:
-        self.gm = gm
-        self.strict = strict
-        self.atoms = Atoms()
-        self.flows: dict[torch.fx.Node, object] = {}
-        self.params: dict[tuple[str, int], np.ndarray] = {}
-        self.members: list[tuple[str, str, int, np.ndarray, str]] = []
-        self.entry: ops.Op | None = None
-        self.node: torch.fx.Node
-        self.where = ""
-
-    # inputs of the current node
-    def arg(self, i: int, name: str, default: object = None) -> object:
-        args = self.node.args
-        if i < len(args):
-            return args[i]
-        return self.node.kwargs.get(name, default)
-
-    def tensor_args(self) -> list[torch.fx.Node]:
-        flat = list(self.node.args) + list(self.node.kwargs.values())
-        return [a for a in flat if isinstance(a, torch.fx.Node) and _is_tensor(a)]
-
-    def flow(self, value: object) -> object:
-        return self.flows.get(value) if isinstance(value, torch.fx.Node) else None
-
-    def tflow(self, value: object) -> Flow:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = self.arg(value, "input")
-        flow = self.flow(value)
-        return flow if isinstance(flow, Flow) else UNTRACKED
-
-    def shape(self, value: object) -> tuple[int, ...]:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = self.arg(value, "input")
-        if isinstance(value, torch.fx.Node):
-            meta = value.meta.get("tensor_meta")
-            if meta is not None and hasattr(meta, "shape"):
-                return tuple(meta.shape)
-        return ()
-
-    def sequence(self, value: object) -> list[tuple[Flow, tuple[int, ...]]]:
-        """(flow, shape) of each tensor in a list argument, or in a tuple-valued node."""
-        if isinstance(value, torch.fx.Node):
-            flows = self.flow(value)
-            metas = value.meta.get("tensor_meta")
-            return [(f if isinstance(f, Flow) else UNTRACKED, tuple(m.shape))
-                    for f, m in zip(flows, metas)]
-        return [(self.tflow(v), self.shape(v)) for v in value]
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        meta = self.node.meta.get("tensor_meta")
-        return tuple(meta.shape) if hasattr(meta, "shape") else ()
-
-    def module(self) -> torch.nn.Module:
-        return self.gm.get_submodule(self.node.target)
-
-    # effects
-    def member(self, param: str, dim: int, ids: np.ndarray) -> None:
-        """Record that `param` (of the current module) is sliced along `dim` by `ids`."""
-        qualified = f"{self.node.target}.{param}" if self.node.op == "call_module" else param
-        role = "in" if self.entry is not None and self.entry.in_params.get(param) == dim else "out"
-        self._param(self.node.name, qualified, dim, ids, role)
-
-    def _param(self, node: str, qualified: str, dim: int, ids: np.ndarray, role: str) -> None:
-        key = (qualified, dim)
-        if key in self.params:  # shared or tied parameter: both uses are one channel space
-            self.atoms.union(self.params[key], ids, self.where)
-        else:
-            self.params[key] = ids
-        self.members.append((node, qualified, dim, ids, role))
-
-    def freeze_all(self, value: object, reason: str) -> None:
-        if isinstance(value, Flow):
-            self.atoms.freeze(value.atoms(), reason)
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                self.freeze_all(v, reason)
-        elif isinstance(value, dict):
-            for v in value.values():
-                self.freeze_all(v, reason)
-        elif isinstance(value, torch.fx.Node):
-            self.freeze_all(self.flow(value), reason)
-
-    def unknown(self, why: str) -> object:
-        reason = f"{why}: {self.where}"
-        if self.strict:
-            raise AnalysisError(
-                f"analyze: {reason}. Add the op to fxprune.ops, or call analyze(strict=False) to "
-                "freeze the channels through it."
-            )
-        self.freeze_all((self.node.args, self.node.kwargs), reason)
-        return _untracked_like(self.node.meta.get("tensor_meta"))
-
-
-def _is_tensor(node: torch.fx.Node) -> bool:
-    return hasattr(node.meta.get("tensor_meta"), "shape")
-
-
-def _untracked_like(meta: object) -> object:
-    if hasattr(meta, "shape"):  # TensorMetadata is itself a NamedTuple: test it first
-        return UNTRACKED
-    if isinstance(meta, (tuple, list)):
-        return tuple(_untracked_like(m) for m in meta)
-    return UNTRACKED if meta is not None else None
 
 
 def _describe_op(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
@@ -162,14 +53,14 @@ def _describe_op(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
 def _visit(cx: Context, node: torch.fx.Node) -> object:
     meta = node.meta.get("tensor_meta")
     if node.op == "placeholder":
-        return _untracked_like(meta)
+        return untracked_like(meta)
     if node.op == "output":
         cx.freeze_all(node.args, f"reaches the model output {cx.where}")
         return None
     if node.op == "get_attr":
         value = _fetch(cx.gm, node.target)
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            return _untracked_like(meta)
+            return untracked_like(meta)
         dims = {}
         for d, size in enumerate(value.shape):
             if size > 1:
@@ -240,7 +131,7 @@ def analyze(gm: torch.fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
         raise InputError("the graph has no shapes: trace it with fxprune.trace(model, example_inputs)")
     cx = Context(gm, strict)
     for node in gm.graph.nodes:
-        cx.node, cx.where, cx.entry = node, describe(node), None
+        cx.at(node)
         cx.flows[node] = _visit(cx, node)
     return _collect(cx)
 
@@ -275,10 +166,10 @@ def _collect(cx: Context) -> ChannelGraph:
             if g is not None:
                 into.setdefault(g, reason)
     coupled: dict[int, list[str]] = defaultdict(list)
-    for a, why in atoms.joins:
+    for a, site in atoms.joins:
         g = gid.get(int(group_of[a]))
         if g is not None:
-            coupled[g].append(why.split(" ")[0].strip("%"))
+            coupled[g].append(site)
 
     members: dict[int, list[Member]] = defaultdict(list)
 

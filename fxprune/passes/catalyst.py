@@ -18,7 +18,6 @@ with no conv/linear producer, or (``target="bn"``) no norm parameters, get no ca
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,7 +29,6 @@ from fxprune import ops
 from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 TARGETS = ("group", "bn")
 
 
@@ -104,7 +102,7 @@ class Catalyst(nn.Module):
 
     def magnitude(self, root: nn.Module) -> torch.Tensor:
         """||G_i|| of every channel of the group: sqrt(sum of squares + 1e-12)."""
-        return (channel_sums(root, self.slices(), self.d.numel(), power=2) + 1e-12).sqrt()
+        return group_norms(root, self.slices(), self.d.numel())
 
     def ratios(self, root: nn.Module) -> torch.Tensor:
         """c_i = |D_i| / ||G_i||."""
@@ -141,6 +139,11 @@ def channel_sums(root: nn.Module, slices: list[Slice], channels: int, *, power: 
     index = torch.cat([torch.arange(channels, device=rows[0].device) if c is None else c
                        for c in chans])
     return rows[0].new_zeros(channels).index_add(0, index, torch.cat(rows))
+
+
+def group_norms(root: nn.Module, slices: list[Slice], channels: int) -> torch.Tensor:
+    """||G_i|| of every channel: sqrt(sum of squares over its slices + 1e-12), differentiable."""
+    return (channel_sums(root, slices, channels, power=2) + 1e-12).sqrt()
 
 
 def _row_sums(p: torch.Tensor, dim: int, power: int) -> torch.Tensor:
@@ -221,8 +224,7 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     for m in group.params:
         if m.role == "in" or m.param not in params:
             continue
-        owner = gm.get_submodule(m.param.rpartition(".")[0]) if "." in m.param else None
-        if target in ("bn", "bn-scale") and not isinstance(owner, _NORMS):
+        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, m.param):
             continue
         if target == "bn-scale" and not m.param.endswith(".weight"):
             continue
@@ -234,6 +236,13 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     return out
 
 
+def _owned_by_norm(gm: torch.fx.GraphModule, param: str) -> bool:
+    if "." not in param:
+        return False
+    entry = ops.lookup_module(gm.get_submodule(param.rpartition(".")[0]))
+    return entry is not None and entry.norm
+
+
 def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx.Node, object]]:
     """Producer nodes of the group's channels, with their output tensor member."""
     producers = {m.node for m in group.params if m.role == "out" and m.param.endswith(".weight")}
@@ -243,11 +252,8 @@ def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx
         node = nodes.get(m.node)
         if (m.param is None and m.output is None and m.node in producers
                 and node is not None and node.op == "call_module"):
-            module = gm.get_submodule(node.target)
-            entry = ops.lookup(node, module)
-            # conv / linear / embedding make channels; norms and activations only follow them
-            if (entry is not None and "weight" in entry.out_params and not entry.catalyst_after
-                    and not isinstance(module, _NORMS)):
+            entry = ops.lookup(node, gm.get_submodule(node.target))
+            if entry is not None and entry.produces is not None:
                 sites.append((node, m))
     return sites
 
@@ -298,22 +304,14 @@ def insert_catalysts(
     return extended
 
 
-# Users that read a tensor and return a new one: a catalyst output read only by these can
-# be a view of its input. Anything else (in-place ops, views, the model output) gets a copy.
-_FRESH_MODULES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                  nn.LayerNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                  nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
-_FRESH_FUNCTIONS = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.cat}
-
-
 def _never_edited(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    """Whether every user of `node` only reads it (so a catalyst after it may return a view)."""
+    """Whether every user of `node` only reads it (the op table's ``fresh``), so that a catalyst
+    after it may return a view. Anything else (in-place ops, views, the model output) gets a
+    copy."""
     for user in node.users:
-        if user.op == "call_module":
-            module = gm.get_submodule(user.target)
-            if not isinstance(module, _FRESH_MODULES) or getattr(module, "inplace", False):
-                return False
-        elif user.op != "call_function" or user.target not in _FRESH_FUNCTIONS:
+        module = gm.get_submodule(user.target) if user.op == "call_module" else None
+        entry = ops.lookup(user, module) if user.op in ("call_module", "call_function") else None
+        if entry is None or not entry.fresh or getattr(module, "inplace", False):
             return False
     return True
 

@@ -15,9 +15,7 @@ import torch.fx
 
 from fxprune.errors import PruneError
 from fxprune.graph import ChannelGraph, Member
-
-# (node name, tuple output index or None, dim) -> keep mask over that dim
-TensorKey = tuple[str, "int | None", int]
+from fxprune.ops.api import KeepMasks
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class Plan:
 
     removed: Mapping[int, tuple[int, ...]]  # group id -> removed channels, sorted
     params: Mapping[tuple[str, int], np.ndarray]  # (param, dim) -> keep mask
-    tensors: Mapping[TensorKey, np.ndarray]
+    tensors: KeepMasks  # (node, tuple output or None, dim) -> keep mask
 
     def keep(self, node: str, dim: int, output: int | None = None) -> np.ndarray | None:
         return self.tensors.get((node, output, dim))
@@ -76,7 +74,7 @@ def plan(graph: ChannelGraph, remove: Mapping[int, Iterable[int]], *, round_to: 
             )
         removed[gid] = tuple(chans)
     params: dict[tuple[str, int], np.ndarray] = {}
-    tensors: dict[TensorKey, np.ndarray] = {}
+    tensors: dict[tuple[str, int | None, int], np.ndarray] = {}
     for gid, chans in removed.items():
         gone = np.zeros(graph.groups[gid].channels, dtype=bool)
         gone[list(chans)] = True
@@ -93,6 +91,12 @@ def plan(graph: ChannelGraph, remove: Mapping[int, Iterable[int]], *, round_to: 
                 f"(groups {sorted(removed)} are involved)"
             )
     return Plan(removed=removed, params=params, tensors=tensors)
+
+
+def round_kept(kept: int, total: int, round_to: int) -> int:
+    """`kept` rounded up to a multiple of `round_to`, at most `total`: a method that rounds keeps
+    more channels than it chose, never fewer."""
+    return min(total, -(-kept // round_to) * round_to)
 
 
 def _drop(mask: np.ndarray, member: Member, gone: np.ndarray) -> None:

@@ -21,41 +21,9 @@ import torch.fx
 from fxprune import ops
 from fxprune.errors import InputError, SurgeryError, describe
 from fxprune.graph import ChannelGraph
-from fxprune.passes.plan import Plan, plan
+from fxprune.ops.api import Resize, get_tensor, set_tensor
+from fxprune.passes.plan import plan
 from fxprune.trace import propagate_shapes
-
-
-class Resize:
-    """What sync and rewrite rules see: old and new shapes of nodes, and keep-masks."""
-
-    def __init__(self, the_plan: Plan, old: Mapping[str, object], new: Mapping[str, object]) -> None:
-        self.plan, self._old, self._new = the_plan, old, new
-
-    def old_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
-        return self._old[node.name]
-
-    def new_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
-        return self._new[node.name]
-
-    def keep(self, node: torch.fx.Node, dim: int) -> np.ndarray | None:
-        return self.plan.keep(node.name, dim)
-
-
-def _set_tensor(root: torch.nn.Module, qualified: str, value: torch.Tensor) -> None:
-    owner_name, _, name = qualified.rpartition(".")
-    owner = root.get_submodule(owner_name)
-    if name in owner._parameters:
-        old = owner._parameters[name]
-        owner._parameters[name] = torch.nn.Parameter(value, requires_grad=old.requires_grad)
-    elif name in owner._buffers:
-        owner._buffers[name] = value
-    else:
-        setattr(owner, name, value)
-
-
-def _get_tensor(root: torch.nn.Module, qualified: str) -> torch.Tensor:
-    owner_name, _, name = qualified.rpartition(".")
-    return getattr(root.get_submodule(owner_name), name)
 
 
 def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[torch.Tensor, ...]:
@@ -82,10 +50,10 @@ def prune_channels(
     new = {n.name: the_plan.new_shape(n) for n in gm.graph.nodes}
     with torch.no_grad():
         for (param, dim), keep in the_plan.params.items():
-            tensor = _get_tensor(slim, param)
+            tensor = get_tensor(slim, param)
             index = torch.as_tensor(np.flatnonzero(keep), device=tensor.device)
-            _set_tensor(slim, param, tensor.index_select(dim, index).clone())
-    resize = Resize(the_plan, old, new)
+            set_tensor(slim, param, tensor.index_select(dim, index).clone())
+    resize = Resize(the_plan.tensors, old, new)
     for node in slim.graph.nodes:
         module = slim.get_submodule(node.target) if node.op == "call_module" else None
         entry = ops.lookup(node, module)

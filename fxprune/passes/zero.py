@@ -15,8 +15,8 @@ import torch
 import torch.fx
 
 from fxprune.graph import ChannelGraph
+from fxprune.ops.api import get_tensor
 from fxprune.passes.plan import plan
-from fxprune.passes.slim import _get_tensor
 
 
 def zero_channels(
@@ -31,7 +31,7 @@ def zero_channels(
     zeroed = copy.deepcopy(gm)
     with torch.no_grad():
         for (param, dim), keep in the_plan.params.items():
-            tensor = _get_tensor(zeroed, param)
+            tensor = get_tensor(zeroed, param)
             index = torch.as_tensor(np.flatnonzero(~keep), device=tensor.device)
             tensor.index_fill_(dim, index, 0)
     return zeroed

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 
 from fxprune import atomic
+from fxprune.app.model_specs import default_shape, example_input, load_model, parse_shape
 from fxprune.errors import FxPruneError
 from fxprune.graph import ChannelGraph, ChannelGroup
-from fxprune.models import default_shape, example_input, load_model, parse_shape
 from fxprune.passes.analyze import analyze
 from fxprune.trace import trace
 
@@ -65,7 +65,9 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(f"wrote {atomic.write_text(args.json, graph.to_json(indent=1))}")
     if args.dot:
-        print(f"wrote {atomic.write_text(args.dot, graph.to_dot())}")
+        from fxprune.export.dot import render_dot
+
+        print(f"wrote {atomic.write_text(args.dot, render_dot(graph))}")
     if args.html:
         from fxprune.export.html import render_html
 
@@ -96,7 +98,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from fxprune.job import Job, JobConfig, init_distributed
+    from fxprune.app.job import Job, JobConfig, init_distributed
 
     known = {f.name for f in fields(JobConfig)}
     cfg = JobConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})

@@ -1,4 +1,5 @@
-"""Training data for the pruning job: digits (embedded), CIFAR-10/100 and image folders.
+"""Training data for the pruning job: digits (embedded: it ships with scikit-learn), CIFAR-10/100
+and image folders.
 
 CIFAR is read from its pickled python batches by a restricted unpickler (dicts, lists and
 numpy arrays only): torchvision's loader insists on the official files' checksums.
@@ -16,15 +17,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, TensorDataset
 
-from fxprune.data import digits
 from fxprune.errors import InputError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 _CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
                 "cifar100": (["train"], ["test"], b"fine_labels")}
+
+
+def digits(*, seed: int = 0, test_fraction: float = 0.2) -> tuple[TensorDataset, TensorDataset]:
+    """scikit-learn's 1,797 handwritten digits (8x8, 10 classes) as (train, test) tensors.
+
+    Images are scaled to [0, 1] and standardised with the training set's mean and std; the
+    split is stratified and fixed by `seed`. Nothing is downloaded: the data ships with
+    scikit-learn.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, bunch.target, test_size=test_fraction, random_state=seed, stratify=bunch.target)
+    mean, std = train_x.mean(), train_x.std()
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy((x - mean) / std).unsqueeze(1),
+                             torch.from_numpy(y.astype(np.int64)))
+
+    return tensors(train_x, train_y), tensors(test_x, test_y)
 
 
 class _BatchUnpickler(pickle.Unpickler):

@@ -4,6 +4,7 @@ own models), `file.py:factory`, or a saved `.pt2`."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def load_model(spec: str) -> nn.Module:
             "path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
         )
     if kind == "zoo":
-        from fxprune import zoo
+        from fxprune.app import model_zoo as zoo
 
         factories = {"digits": zoo.DigitsNet, "cifar_resnet56": zoo.cifar_resnet56}
         if name not in factories:
@@ -65,20 +66,36 @@ def load_model(spec: str) -> nn.Module:
     return model.eval()
 
 
+def input_size(name: str) -> int:
+    """The image size a torchvision classifier is defined for."""
+    return _DEFAULT_SIZE.get(name, 224)
+
+
 def default_shape(spec: str) -> tuple[int, ...]:
-    name = spec.partition(":")[2]
-    size = _DEFAULT_SIZE.get(name, 224)
+    size = input_size(spec.partition(":")[2])
     return (1, 3, size, size)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(s <= 0 for s in shape):
-        raise InputError(f"cannot read input shape '{text}': write it like 1,3,224,224")
-    return shape
+    """The shape written as "1,3,224,224" or "1x3x224x224": positive integers, one separator.
+
+    Raises `InputError` saying what is wrong and how to write it; never drops a piece.
+    """
+    pieces = [piece.strip() for piece in text.split("," if "," in text else "x")]
+    for piece in pieces:
+        if not piece:
+            problem = "a size is missing"
+        elif not re.fullmatch(r"[+-]?[0-9]+", piece):
+            problem = f"'{piece}' is not an integer"
+        elif int(piece) <= 0:
+            problem = f"size {piece} is not positive"
+        else:
+            continue
+        raise InputError(
+            f"cannot read input shape '{text}': {problem}. Write it as positive integers "
+            "joined by commas or by x, e.g. 1,3,224,224 or 1x3x224x224"
+        )
+    return tuple(int(piece) for piece in pieces)
 
 
 def example_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:

@@ -99,6 +99,7 @@ class Atoms:
         self.frozen: dict[int, str] = {}
         self.inexact: dict[int, str] = {}
         self.joins: list[tuple[int, str]] = []  # (atom, node name) where two spaces were coupled
+        self.site = ""  # the node being analysed: where a union couples, for `joins`
 
     def __len__(self) -> int:
         return self.chan.size
@@ -109,7 +110,7 @@ class Atoms:
         self.group.extend(np.full(n, ids[0] if n else 0, dtype=np.int64))
         return ids
 
-    def union(self, a: np.ndarray, b: np.ndarray, why: str) -> None:
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Couple atom a[i] with atom b[i] for every i (arrays broadcast)."""
         a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
         a, b = a.ravel(), b.ravel()
@@ -118,14 +119,14 @@ class Atoms:
         self.chan.union(a, b)
         merged = self.group.union(a, b)
         if merged.any():
-            self.joins.append((int(a[merged][0]), why))
+            self.joins.append((int(a[merged][0]), self.site))
 
-    def unite(self, ids: np.ndarray, axis: int, why: str) -> np.ndarray:
+    def unite(self, ids: np.ndarray, axis: int) -> np.ndarray:
         """Couple the atoms of `ids` along `axis` (they become one channel); returns ids[..0..]."""
         ids = np.moveaxis(np.asarray(ids), axis, 0)
         if len(ids) > 1:
             first = np.broadcast_to(ids[0], ids[1:].shape)
-            self.union(first, ids[1:], why)
+            self.union(first, ids[1:])
         return ids[0]
 
     def freeze(self, ids: np.ndarray, reason: str) -> None:
@@ -176,7 +177,7 @@ def elementwise(
                 atoms.freeze(ids, f"combined with a tensor whose dim {d} carries no channels at {why}")
             continue
         for ids in tracked[1:]:
-            atoms.union(tracked[0], ids, why)
+            atoms.union(tracked[0], ids)
         out[d] = tracked[0]
     # Operands broadcast along a tracked output dim (size 1 there) keep their own channels,
     # which are coupled to all of the output's: freeze rather than guess.
@@ -281,7 +282,7 @@ def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequen
         inner = varying[-1]
         grid = np.moveaxis(grid, inner, -1).reshape(-1, grid.shape[inner])
         if len(varying) > 1:
-            atoms.unite(grid, 0, why)
+            atoms.unite(grid, 0)
         out[outs[inner]] = grid[0]
     return Flow(out)
 
@@ -307,7 +308,7 @@ def sized_by(atoms: Atoms, out: Flow, dim: int, size: SizeOf, flows: Mapping[obj
                     atoms.freeze(ids, f"a size computed from another group's channels at {why}")
             continue
         if not _same_counts(atoms, out_ids, src_ids) and len(out_ids) == len(src_ids):
-            atoms.union(out_ids, src_ids, why)
+            atoms.union(out_ids, src_ids)
         if not _same_counts(atoms, out_ids, src_ids):
             for ids in (out_ids, src_ids):
                 atoms.freeze(ids, f"a size read from other channels shapes channels at {why}")
@@ -368,7 +369,7 @@ def matmul(atoms: Atoms, a: tuple[Flow, Sequence[int]], b: tuple[Flow, Sequence[
         return UNTRACKED
     ka, kb = fa.dims.get(len(sa) - 1), fb.dims.get(len(sb) - 2)
     if ka is not None and kb is not None:
-        atoms.union(ka, kb, why)
+        atoms.union(ka, kb)
     elif ka is not None or kb is not None:
         atoms.freeze(ka if ka is not None else kb,
                      f"contracted with a dim that carries no channels at {why}")

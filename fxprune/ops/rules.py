@@ -1,0 +1,466 @@
+"""Flow rules: how channels pass through each op during analysis (see `fxprune.ops.table`).
+
+Each rule takes the `Context` of the node being analysed and the op's table entry, records the
+parameter slices the op's channels live in (``cx.member``), couples, freezes or marks channels
+inexact through ``cx.atoms``, and returns the flow of the op's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fxprune.ops import flow as fl
+from fxprune.ops.api import Context, Op, Rule
+from fxprune.ops.flow import UNTRACKED, Flow
+
+
+def unary(cx: Context, op: Op) -> Flow:
+    return cx.tflow(0)
+
+
+def inexact_unary(cx: Context, op: Op) -> Flow:
+    # f(0) is infinite: a zeroed channel turns into inf/nan, so zeroing is not removal.
+    flow = cx.tflow(0)
+    cx.atoms.mark_inexact(flow.atoms(), f"{cx.where} is infinite at 0")
+    return flow
+
+
+def elementwise(cx: Context, op: Op) -> Flow:
+    operands = [(cx.tflow(a), cx.shape(a)) for a in cx.tensor_args()]
+    return fl.elementwise(cx.atoms, operands, cx.out_shape, cx.where)
+
+
+def divide(cx: Context, op: Op) -> Flow:
+    denominator = cx.arg(1, "other")
+    if isinstance(denominator, torch.fx.Node):
+        cx.atoms.mark_inexact(cx.tflow(denominator).atoms(), f"divides by a channel at {cx.where}")
+    return elementwise(cx, op)
+
+
+def resize(cx: Context, op: Op) -> Flow:
+    return fl.resize(cx.atoms, cx.tflow(0), cx.shape(0), cx.out_shape, cx.where)
+
+
+def reshape(cx: Context, op: Op) -> Flow:
+    return fl.reshape(cx.atoms, cx.tflow(0), cx.shape(0), cx.out_shape, cx.where)
+
+
+def _sizes(cx: Context) -> list[object]:
+    """The size arguments of view / reshape / expand, one per output dim."""
+    args = cx.node.args
+    packed = len(args) == 2 and isinstance(args[1], (tuple, list))
+    return list(args[1] if packed else args[1:])
+
+
+def _sized(flow: Flow, cx: Context) -> Flow:
+    """Couple output dims whose size is read at run time from other tensors' sizes."""
+    sizes = _sizes(cx)
+    if len(sizes) == len(cx.out_shape):
+        for dim, size in enumerate(sizes):
+            value = cx.flow(size)
+            if isinstance(value, fl.SizeOf):
+                fl.sized_by(cx.atoms, flow, dim, value, cx.flows, cx.where)
+    return flow
+
+
+def view(cx: Context, op: Op) -> Flow:
+    return _sized(reshape(cx, op), cx)
+
+
+def expand(cx: Context, op: Op) -> Flow:
+    return _sized(resize(cx, op), cx)
+
+
+def transpose(cx: Context, op: Op) -> Flow:
+    ndim = len(cx.shape(0))
+    if cx.node.target in ("t", torch.t) or ndim < 2 and cx.arg(1, "dim0") is None:
+        a, b = 0, 1
+    else:
+        a, b = cx.arg(1, "dim0") % ndim, cx.arg(2, "dim1") % ndim
+    order = list(range(ndim))
+    order[a], order[b] = order[b], order[a]
+    return fl.permute(cx.tflow(0), order)
+
+
+def permute(cx: Context, op: Op) -> Flow:
+    dims = cx.node.args[1:] if cx.node.op == "call_method" else (cx.arg(1, "dims"),)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    ndim = len(cx.shape(0))
+    return fl.permute(cx.tflow(0), [d % ndim for d in dims])
+
+
+def movedim(cx: Context, op: Op) -> Flow:
+    ndim = len(cx.shape(0))
+    src, dst = cx.arg(1, "source"), cx.arg(2, "destination")
+    order = np.moveaxis(np.arange(ndim), src, dst).tolist()
+    return fl.permute(cx.tflow(0), order)
+
+
+def reduce_dims() -> Rule:
+    def rule(cx: Context, op: Op) -> object:
+        ndim = len(cx.shape(0))
+        dim = cx.arg(1, "dim", None)
+        keepdim = bool(cx.arg(2, "keepdim", False))
+        dims = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
+        out = fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, keepdim, cx.where)
+        meta = cx.node.meta.get("tensor_meta")
+        return out if hasattr(meta, "shape") else (out, out)  # max(x, dim): (values, indices)
+
+    return rule
+
+
+def softmax(cx: Context, op: Op) -> Flow:
+    ndim = len(cx.shape(0))
+    dim = cx.module().dim if cx.node.op == "call_module" else cx.arg(1, "dim")
+    return fl.reduce(cx.atoms, cx.tflow(0), ndim, [dim], True, cx.where, kind="normalises")
+
+
+def normalize(cx: Context, op: Op) -> Flow:  # F.normalize(x, p, dim=1)
+    ndim = len(cx.shape(0))
+    return fl.reduce(cx.atoms, cx.tflow(0), ndim, [cx.arg(2, "dim", 1)], True, cx.where,
+                     kind="normalises")
+
+
+def mixes_along(dim_arg: tuple[int, str]) -> Rule:
+    """roll / flip / cumsum: the op moves values along its dims; channels there are frozen."""
+
+    def rule(cx: Context, op: Op) -> Flow:
+        ndim = len(cx.shape(0))
+        dims = cx.arg(*dim_arg, None)
+        dims = list(range(ndim)) if dims is None else ([dims] if isinstance(dims, int) else dims)
+        return fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, True, cx.where, kind="moves values")
+
+    return rule
+
+
+def cat(cx: Context, op: Op) -> Flow:
+    ndim = len(cx.out_shape)
+    dim = cx.arg(1, "dim", 0) % ndim
+    return fl.concat(cx.atoms, cx.sequence(cx.arg(0, "tensors")), dim, cx.out_shape, cx.where)
+
+
+def stack(cx: Context, op: Op) -> Flow:
+    dim = cx.arg(1, "dim", 0) % len(cx.out_shape)
+    flows = [Flow({d + (d >= dim): ids for d, ids in f.dims.items()})
+             for f, _ in cx.sequence(cx.arg(0, "tensors"))]
+    shape = list(cx.out_shape)
+    shape[dim] = 1
+    return fl.elementwise(cx.atoms, [(f, shape) for f in flows], shape, cx.where)
+
+
+def split(cx: Context, op: Op) -> tuple[Flow, ...]:
+    ndim = len(cx.shape(0))
+    dim = cx.arg(2, "dim", 0) % ndim
+    sizes = [m.shape[dim] for m in cx.node.meta["tensor_meta"]]
+    return fl.pieces(cx.tflow(0), dim, sizes)
+
+
+def unbind(cx: Context, op: Op) -> tuple[Flow, ...]:
+    ndim = len(cx.shape(0))
+    dim = cx.arg(1, "dim", 0) % ndim
+    flow = cx.tflow(0)
+    if dim in flow.dims:
+        cx.atoms.freeze(flow.dims[dim], f"unbind over a channel dim at {cx.where}")
+    n = cx.shape(0)[dim]
+    rest = Flow({d - (d > dim): ids for d, ids in flow.dims.items() if d != dim})
+    return (rest,) * n
+
+
+def getitem(cx: Context, op: Op) -> object:
+    source, index = cx.node.args
+    value = cx.flow(source)
+    if isinstance(value, tuple):
+        return value[index]
+    if not isinstance(value, Flow):
+        return None
+    return _index(cx, value, cx.shape(source), index)
+
+
+def _index(cx: Context, flow: Flow, shape: tuple[int, ...], index: object) -> Flow:
+    entries = list(index) if isinstance(index, tuple) else [index]
+    consuming = sum(1 for e in entries if e is not None and e is not Ellipsis)
+    if Ellipsis in entries:
+        at = entries.index(Ellipsis)
+        entries[at:at + 1] = [slice(None)] * (len(shape) - consuming)
+    entries += [slice(None)] * (len(shape) - sum(1 for e in entries if e is not None))
+    if any(isinstance(e, (torch.fx.Node, list, torch.Tensor)) and not isinstance(e, slice)
+           for e in entries):
+        cx.atoms.freeze(flow.atoms(), f"advanced indexing at {cx.where}")
+        return UNTRACKED
+    out, d_in, d_out = {}, 0, 0
+    for e in entries:
+        if e is None:
+            d_out += 1
+            continue
+        ids = flow.dims.get(d_in)
+        if isinstance(e, int):
+            if ids is not None:
+                cx.atoms.freeze(ids[e:e + 1] if e != -1 else ids[-1:],
+                                f"one channel selected by index at {cx.where}")
+        else:
+            if ids is not None:
+                dynamic = any(isinstance(v, torch.fx.Node) for v in (e.start, e.stop, e.step))
+                if dynamic or e.step not in (None, 1):
+                    cx.atoms.freeze(ids, f"strided or dynamic slice of channels at {cx.where}")
+                    out[d_out] = ids
+                else:
+                    out[d_out] = ids[e]
+            d_out += 1
+        d_in += 1
+    return Flow(out)
+
+
+def select(cx: Context, op: Op) -> Flow:  # x.select(dim, i) / x.narrow(dim, start, length)
+    ndim = len(cx.shape(0))
+    dim = cx.arg(1, "dim") % ndim
+    if cx.node.target in ("narrow", torch.narrow):
+        start = cx.arg(2, "start")
+        index = slice(start, start + cx.arg(3, "length"))
+    else:
+        index = cx.arg(2, "index")
+    return _index(cx, cx.tflow(0), cx.shape(0), (slice(None),) * dim + (index,))
+
+
+def repeat(cx: Context, op: Op) -> Flow:
+    reps = cx.node.args[1:]
+    if len(reps) == 1 and isinstance(reps[0], (tuple, list)):
+        reps = reps[0]
+    pad = len(reps) - len(cx.shape(0))
+    return Flow({d + pad: np.tile(ids, reps[d + pad]) for d, ids in cx.tflow(0).dims.items()})
+
+
+def matmul(cx: Context, op: Op) -> Flow:
+    a, b = cx.tensor_args()[:2]
+    return fl.matmul(cx.atoms, (cx.tflow(a), cx.shape(a)), (cx.tflow(b), cx.shape(b)),
+                     cx.out_shape, cx.where)
+
+
+def sdpa(cx: Context, op: Op) -> Flow:
+    q, k, v = (cx.arg(i, n) for i, n in enumerate(("query", "key", "value")))
+    scores = fl.matmul(cx.atoms, (cx.tflow(q), cx.shape(q)),
+                       (fl.permute(cx.tflow(k), _swap_last(len(cx.shape(k)))),
+                        _swapped(cx.shape(k))),
+                       list(cx.shape(q)[:-1]) + [cx.shape(k)[-2]], cx.where)
+    return fl.matmul(cx.atoms, (scores, list(cx.shape(q)[:-1]) + [cx.shape(k)[-2]]),
+                     (cx.tflow(v), cx.shape(v)), cx.out_shape, cx.where)
+
+
+def _swap_last(n: int) -> list[int]:
+    return list(range(n - 2)) + [n - 1, n - 2]
+
+
+def _swapped(shape: tuple[int, ...]) -> list[int]:
+    return list(shape[:-2]) + [shape[-1], shape[-2]]
+
+
+# --- parametrised ops --------------------------------------------------------------------------
+
+
+def conv(cx: Context, op: Op) -> Flow:
+    m = cx.module()
+    w_out, w_in = op.out_params["weight"], op.in_params["weight"]
+    x = cx.tflow(0).dims.get(1)
+    groups, c_in, c_out = m.groups, m.in_channels, m.out_channels
+    if groups > 1 and groups == c_in:  # depthwise: each output follows its input channel
+        if x is None:
+            out = cx.atoms.fresh(c_out)
+            cx.atoms.freeze(out, f"depthwise conv on an input without channels at {cx.where}")
+        else:
+            out = np.repeat(x, c_out // c_in)
+        cx.member("weight", 0, out if w_out == 0 else x)
+    else:
+        if x is not None:
+            if groups > 1:  # keep every conv group the same width: couple index j of each
+                x = cx.atoms.unite(x.reshape(groups, -1), 0)
+                x = np.tile(x, groups)
+            cx.member("weight", w_in, fl.fit(x, m.weight.shape[w_in]))
+        out = cx.atoms.fresh(c_out)
+        if groups > 1:
+            out = np.tile(cx.atoms.unite(out.reshape(groups, -1), 0), groups)
+        cx.member("weight", w_out, fl.fit(out, m.weight.shape[w_out]))
+    if m.bias is not None:
+        cx.member("bias", 0, out)
+    return Flow({1: out})
+
+
+def linear(cx: Context, op: Op) -> Flow:
+    m = cx.module()
+    flow = cx.tflow(0)
+    last = len(cx.shape(0)) - 1
+    if last in flow.dims:
+        cx.member("weight", 1, flow.dims[last])
+    out = cx.atoms.fresh(m.out_features)
+    cx.member("weight", 0, out)
+    if m.bias is not None:
+        cx.member("bias", 0, out)
+    return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
+
+
+def functional_linear(cx: Context, op: Op) -> Flow:
+    """F.linear(x, weight, bias) with the weight a bare parameter (its dims carry atoms)."""
+    x, weight, bias = cx.arg(0, "input"), cx.arg(1, "weight"), cx.arg(2, "bias")
+    w = cx.tflow(weight).dims
+    flow, last = cx.tflow(x), len(cx.shape(x)) - 1
+    out = w.get(0)
+    if out is None:
+        out = cx.atoms.fresh(cx.out_shape[-1])
+        cx.atoms.freeze(out, f"linear weight without channels at {cx.where}")
+    fl.elementwise(cx.atoms, [(Flow({0: flow.dims[last]} if last in flow.dims else {}),
+                               [cx.shape(x)[-1]]),
+                              (Flow({0: w[1]} if 1 in w else {}), [cx.shape(weight)[1]])],
+                   [cx.shape(x)[-1]], cx.where)
+    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
+        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
+
+
+def _channel_params(cx: Context, op: Op, ids: np.ndarray) -> None:
+    m = cx.module()
+    for name, dim in op.out_params.items():
+        if getattr(m, name, None) is not None:
+            cx.member(name, dim, ids)
+
+
+def batchnorm(cx: Context, op: Op) -> Flow:
+    flow = cx.tflow(0)
+    if 1 in flow.dims:
+        _channel_params(cx, op, flow.dims[1])
+    return flow
+
+
+def groupnorm(cx: Context, op: Op) -> Flow:
+    flow = cx.tflow(0)
+    ids = flow.dims.get(1)
+    if ids is not None:
+        # Statistics are per norm group: only whole norm groups can go.
+        cx.atoms.unite(ids.reshape(cx.module().num_groups, -1), 1)
+        _channel_params(cx, op, ids)
+    return flow
+
+
+def layernorm(cx: Context, op: Op) -> Flow:
+    flow = cx.tflow(0)
+    if cx.node.op == "call_module":
+        m = cx.module()
+        k, weight, bias = len(m.normalized_shape), "weight", "bias"
+    else:
+        k, weight, bias = len(cx.arg(1, "normalized_shape")), cx.arg(2, "weight"), cx.arg(3, "bias")
+    ndim = len(cx.shape(0))
+    for j, d in enumerate(range(ndim - k, ndim)):
+        if d not in flow.dims:
+            continue
+        ids = flow.dims[d]
+        cx.atoms.mark_inexact(ids, f"LayerNorm normalises over the channels at {cx.where}")
+        for p in (weight, bias):
+            if isinstance(p, str) and getattr(cx.module(), p, None) is not None:
+                cx.member(p, j, ids)
+            elif isinstance(p, torch.fx.Node):
+                pflow = cx.tflow(p)
+                if j in pflow.dims:
+                    cx.atoms.union(pflow.dims[j], ids)
+    return flow
+
+
+def prelu(cx: Context, op: Op) -> Flow:
+    flow = cx.tflow(0)
+    if cx.module().num_parameters > 1 and 1 in flow.dims:
+        cx.member("weight", 0, flow.dims[1])
+    return flow
+
+
+def embedding(cx: Context, op: Op) -> Flow:
+    m = cx.module()
+    out = cx.atoms.fresh(m.embedding_dim)
+    cx.member("weight", 1, out)
+    return Flow({**cx.tflow(0).dims, len(cx.out_shape) - 1: out})
+
+
+def pixel_shuffle(cx: Context, op: Op) -> Flow:
+    r = cx.module().upscale_factor
+    flow = cx.tflow(0)
+    if 1 not in flow.dims:
+        return UNTRACKED
+    # Output channel c gathers input channels c*r^2 .. c*r^2 + r^2 - 1: they go together.
+    return Flow({1: cx.atoms.unite(flow.dims[1].reshape(-1, r * r), 1)})
+
+
+def pixel_unshuffle(cx: Context, op: Op) -> Flow:
+    r = cx.module().downscale_factor
+    flow = cx.tflow(0)
+    return Flow({1: np.repeat(flow.dims[1], r * r)}) if 1 in flow.dims else UNTRACKED
+
+
+def channel_shuffle(cx: Context, op: Op) -> Flow:
+    g = cx.module().groups if cx.node.op == "call_module" else cx.arg(1, "groups")
+    flow = cx.tflow(0)
+    if 1 not in flow.dims:
+        return UNTRACKED
+    unit = cx.atoms.unite(flow.dims[1].reshape(g, -1), 0)
+    return Flow({1: np.repeat(unit, g)})
+
+
+def multihead_attention(cx: Context, op: Op) -> tuple[Flow, Flow]:
+    """nn.MultiheadAttention computes head_dim = embed_dim // num_heads from its input and
+    returns embed_dim channels, so input, q, k, v and output widths shrink together: one unit is
+    one head dimension, the same in every head (q, k and v alike)."""
+    m = cx.module()
+    if m.bias_k is not None or m.add_zero_attn or not m._qkv_same_embed_dim:
+        return cx.unknown("nn.MultiheadAttention with add_bias_kv, add_zero_attn or kdim/vdim")
+    inputs = [cx.arg(i, n) for i, n in enumerate(("query", "key", "value"))]
+    tracked = [cx.tflow(x).dims.get(len(cx.shape(x)) - 1) for x in inputs]
+    if any(ids is None for ids in tracked):
+        for ids in tracked:
+            if ids is not None:
+                cx.atoms.freeze(ids, f"attention inputs of which some carry no channels at {cx.where}")
+        return cx.unknown("nn.MultiheadAttention on inputs without channels")
+    for ids in tracked[1:]:
+        cx.atoms.union(tracked[0], ids)
+    ids = tracked[0]
+    unit = np.tile(cx.atoms.unite(ids.reshape(m.num_heads, -1), 0), m.num_heads)
+    cx.atoms.mark_inexact(unit, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
+    rows = np.concatenate([unit, unit, unit])
+    cx.member("in_proj_weight", 1, ids)
+    cx.member("in_proj_weight", 0, rows)
+    if m.in_proj_bias is not None:
+        cx.member("in_proj_bias", 0, rows)
+    cx.member("out_proj.weight", 1, unit)
+    cx.member("out_proj.weight", 0, unit)
+    if m.out_proj.bias is not None:
+        cx.member("out_proj.bias", 0, unit)
+    return Flow({len(cx.shape(inputs[0])) - 1: unit}), UNTRACKED
+
+
+def shifted_window_attention(cx: Context, op: Op) -> Flow:
+    """torchvision's Swin attention (an fx-wrapped function). It derives the head dim from the
+    input width (C // num_heads) and reshapes its output back to C, so the input, q, k, v and
+    output widths shrink together: one unit is one head dimension, the same in every head."""
+    x, heads = cx.arg(0, "input"), cx.arg(5, "num_heads")
+    c = cx.shape(x)[-1]
+    ids = cx.tflow(x).dims.get(len(cx.shape(x)) - 1)
+    if ids is None:
+        unit = cx.atoms.fresh(c // heads)
+        cx.atoms.freeze(unit, f"attention input without channels at {cx.where}")
+        ids = np.tile(unit, heads)
+    unit = np.tile(cx.atoms.unite(ids.reshape(heads, -1), 0), heads)
+    cx.atoms.mark_inexact(unit, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
+    rows = np.concatenate([unit, unit, unit])
+    # per-head tensors: heads are never removed here
+    cx.freeze_all((cx.arg(3, "relative_position_bias"), cx.arg(11, "logit_scale")),
+                  f"per-head tensor of attention at {cx.where}")
+    for arg, name, dim, atoms in ((1, "qkv_weight", 1, ids), (1, "qkv_weight", 0, rows),
+                                  (9, "qkv_bias", 0, rows), (2, "proj_weight", 1, unit),
+                                  (2, "proj_weight", 0, unit), (10, "proj_bias", 0, unit)):
+        pflow = cx.tflow(cx.arg(arg, name))
+        if dim in pflow.dims:
+            cx.atoms.union(pflow.dims[dim], atoms)
+    return Flow({len(cx.out_shape) - 1: unit})
+
+
+def patch_merging_pad(cx: Context, op: Op) -> Flow:
+    """torchvision's Swin patch merging: pads H and W, then concatenates the four 2x2
+    neighbours along channels, so the output holds each input channel four times."""
+    flow = cx.tflow(0)
+    last = len(cx.shape(0)) - 1
+    return Flow({last: np.tile(flow.dims[last], 4)}) if last in flow.dims else UNTRACKED

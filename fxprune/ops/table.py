@@ -1,0 +1,201 @@
+"""The op table: everything fxprune knows about one op lives in its entry here.
+
+Entries are keyed by the fx target: the module class for call_module, the function for
+call_function, the method name for call_method. Each `Op` (see `fxprune.ops.api`) says how
+channels flow through the op (its `flow` rule in `fxprune.ops.rules`, written in the algebra of
+`fxprune.ops.flow`), which parameter dims are sliced along its output and input channels, what
+surgery must update (`fxprune.ops.surgery`), whether it makes channels, whether a catalyst may
+follow it, and how its shape follows from its input. An op that is not in the table is unknown:
+the channels through it are frozen, never guessed. Adding an op is adding its entry.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from fxprune.ops import rules, shapes, surgery
+from fxprune.ops.api import Op
+
+_CONV = Op(flow=rules.conv, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
+           sync=surgery.sync_conv, produces=1, fresh=True, shape=shapes.conv)
+_CONV_T = Op(flow=rules.conv, out_params={"weight": 1, "bias": 0}, in_params={"weight": 0},
+             sync=surgery.sync_conv, produces=1, fresh=True)
+_NORM_PARAMS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
+_BATCHNORM = Op(flow=rules.batchnorm, out_params=_NORM_PARAMS, sync=surgery.sync_batchnorm,
+                catalyst_after=True, norm=True, fresh=True, shape=shapes.same)
+UNARY = Op(flow=rules.unary, shape=shapes.same)
+ACTIVATION = Op(flow=rules.unary, catalyst_after=True, shape=shapes.same)
+ELEMENTWISE = Op(flow=rules.elementwise)
+ARITHMETIC = Op(flow=rules.elementwise, fresh=True)  # x + y makes a new tensor; x.add_(y) does not
+RESIZE = Op(flow=rules.resize)
+POOL = Op(flow=rules.resize, fresh=True)
+RESHAPE = Op(flow=rules.reshape)
+_SIZES = Op(flow=rules.view, rewrite=surgery.rewrite_sizes)
+
+MODULES: dict[type, Op] = {
+    **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _CONV),
+    **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _CONV_T),
+    nn.Linear: Op(flow=rules.linear, out_params={"weight": 0, "bias": 0}, in_params={"weight": 1},
+                  sync=surgery.sync_linear, produces=-1, fresh=True, shape=shapes.linear),
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), _BATCHNORM),
+    nn.GroupNorm: Op(flow=rules.groupnorm, out_params={"weight": 0, "bias": 0},
+                     sync=surgery.sync_groupnorm, norm=True, fresh=True, shape=shapes.same),
+    nn.LayerNorm: Op(flow=rules.layernorm, sync=surgery.sync_layernorm, norm=True, fresh=True,
+                     shape=shapes.same),
+    nn.PReLU: Op(flow=rules.prelu, sync=surgery.sync_prelu, catalyst_after=True,
+                 shape=shapes.same),
+    nn.Embedding: Op(flow=rules.embedding, out_params={"weight": 1}, sync=surgery.sync_embedding,
+                     produces=-1),
+    nn.MultiheadAttention: Op(flow=rules.multihead_attention, sync=surgery.sync_attention,
+                              in_params={"in_proj_weight": 1, "out_proj.weight": 1}),
+    **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                     nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+                     nn.Softplus, nn.Softsign, nn.LogSigmoid), ACTIVATION),
+    **dict.fromkeys((nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                     nn.AlphaDropout), UNARY),
+    **dict.fromkeys((nn.Softmax, nn.LogSoftmax), Op(flow=rules.softmax, shape=shapes.same)),
+    nn.Flatten: RESHAPE,
+    nn.Unflatten: Op(flow=rules.reshape, sync=surgery.sync_unflatten),
+    **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                     nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                     nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                     nn.AdaptiveMaxPool3d), POOL),
+    **dict.fromkeys((nn.LPPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+                     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
+                    RESIZE),
+    nn.PixelShuffle: Op(flow=rules.pixel_shuffle),
+    nn.PixelUnshuffle: Op(flow=rules.pixel_unshuffle),
+    nn.ChannelShuffle: Op(flow=rules.channel_shuffle),
+}
+
+_SPLIT = Op(flow=rules.split, rewrite=surgery.rewrite_split)
+_TRANSPOSE = Op(flow=rules.transpose)
+_PERMUTE = Op(flow=rules.permute)
+_MATMUL = Op(flow=rules.matmul)
+_CAT = Op(flow=rules.cat, fresh=True)
+_REDUCE = Op(flow=rules.reduce_dims())
+_SOFTMAX = Op(flow=rules.softmax)
+_DIVIDE = Op(flow=rules.divide)
+_INEXACT = Op(flow=rules.inexact_unary)
+
+FUNCTIONS: dict[Callable[..., object], Op] = {
+    **dict.fromkeys((operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul),
+                    ARITHMETIC),
+    **dict.fromkeys((torch.maximum, torch.minimum, torch.where, operator.pow, torch.pow,
+                     torch.masked_fill), ELEMENTWISE),
+    **dict.fromkeys((operator.truediv, torch.div, torch.true_divide), _DIVIDE),
+    **dict.fromkeys((torch.rsqrt, torch.log, torch.reciprocal), _INEXACT),
+    **dict.fromkeys((torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
+                     torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.leaky_relu, F.elu, F.mish,
+                     F.softplus, F.hardtanh), ACTIVATION),
+    **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, operator.neg, torch.neg,
+                     torch.abs, torch.exp, torch.clamp, torch.clip, torch.sqrt, torch.erf,
+                     torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+                     torchvision.ops.stochastic_depth), UNARY),
+    **dict.fromkeys((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+                     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.avg_pool1d, F.avg_pool2d,
+                     F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate,
+                     F.pad, torch.broadcast_to), RESIZE),
+    **dict.fromkeys((torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten), RESHAPE),
+    torch.reshape: _SIZES,
+    **dict.fromkeys((torch.transpose, torch.swapaxes, torch.t), _TRANSPOSE),
+    torch.permute: _PERMUTE,
+    torch.movedim: Op(flow=rules.movedim),
+    **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _CAT),
+    torch.stack: Op(flow=rules.stack),
+    **dict.fromkeys((torch.split, torch.chunk, torch.tensor_split), _SPLIT),
+    torch.unbind: Op(flow=rules.unbind),
+    torch.narrow: Op(flow=rules.select, rewrite=surgery.rewrite_index),
+    torch.select: Op(flow=rules.select, rewrite=surgery.rewrite_index),
+    operator.getitem: Op(flow=rules.getitem, rewrite=surgery.rewrite_index),
+    **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
+    F.scaled_dot_product_attention: Op(flow=rules.sdpa),
+    **dict.fromkeys((torch.mean, torch.sum, torch.std, torch.var, torch.logsumexp, torch.amax,
+                     torch.amin, torch.norm, torch.prod), _REDUCE),
+    **dict.fromkeys((torch.max, torch.min), _REDUCE),
+    **dict.fromkeys((torch.softmax, F.softmax, F.log_softmax, torch.log_softmax), _SOFTMAX),
+    torch.cumsum: Op(flow=rules.mixes_along((1, "dim"))),
+    torch.roll: Op(flow=rules.mixes_along((2, "dims"))),
+    torch.flip: Op(flow=rules.mixes_along((1, "dims"))),
+    F.normalize: Op(flow=rules.normalize),
+    F.layer_norm: Op(flow=rules.layernorm, rewrite=surgery.rewrite_layer_norm),
+    F.linear: Op(flow=rules.functional_linear),
+    F.channel_shuffle: Op(flow=rules.channel_shuffle),
+    torch.channel_shuffle: Op(flow=rules.channel_shuffle),
+}
+
+# Tensor methods share the functions' entries (self is the first argument).
+METHODS: dict[str, Op] = {
+    **dict.fromkeys(("add", "sub", "mul", "add_", "sub_", "mul_", "pow", "masked_fill",
+                     "masked_fill_", "maximum", "minimum"), ELEMENTWISE),
+    **dict.fromkeys(("div", "div_", "true_divide"), _DIVIDE),
+    **dict.fromkeys(("rsqrt", "log", "reciprocal"), _INEXACT),
+    **dict.fromkeys(("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"), ACTIVATION),
+    **dict.fromkeys(("contiguous", "clone", "detach", "to", "type", "type_as", "float", "half",
+                     "double", "bfloat16", "neg", "abs", "exp", "sqrt", "clamp", "clamp_",
+                     "clip", "zero_", "fill_", "new_zeros_like", "requires_grad_"), UNARY),
+    **dict.fromkeys(("flatten", "squeeze", "unsqueeze", "unflatten"), RESHAPE),
+    **dict.fromkeys(("view", "reshape"), _SIZES),
+    "expand": Op(flow=rules.expand, rewrite=surgery.rewrite_sizes),
+    **dict.fromkeys(("expand_as", "broadcast_to"), RESIZE),
+    **dict.fromkeys(("transpose", "swapaxes", "t"), _TRANSPOSE),
+    "permute": _PERMUTE,
+    "movedim": Op(flow=rules.movedim),
+    **dict.fromkeys(("split", "chunk", "tensor_split"), _SPLIT),
+    "unbind": Op(flow=rules.unbind),
+    "narrow": Op(flow=rules.select, rewrite=surgery.rewrite_index),
+    "select": Op(flow=rules.select, rewrite=surgery.rewrite_index),
+    "repeat": Op(flow=rules.repeat),
+    **dict.fromkeys(("matmul", "bmm"), _MATMUL),
+    **dict.fromkeys(("mean", "sum", "std", "var", "logsumexp", "amax", "amin", "norm", "prod"),
+                    _REDUCE),
+    **dict.fromkeys(("max", "min"), _REDUCE),
+    **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
+    "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
+    "roll": Op(flow=rules.mixes_along((2, "dims"))),
+    "flip": Op(flow=rules.mixes_along((1, "dims"))),
+}
+
+
+# Functions of other libraries keyed by their qualified name, so that a rename there (these are
+# torchvision's fx-wrapped Swin functions, one of them private) unknowns the op instead of
+# breaking `import fxprune`.
+NAMED_FUNCTIONS: dict[str, Op] = {
+    "torchvision.models.swin_transformer.shifted_window_attention": Op(
+        flow=rules.shifted_window_attention),
+    "torchvision.models.swin_transformer._patch_merging_pad": Op(flow=rules.patch_merging_pad),
+}
+
+
+def lookup(node: torch.fx.Node, module: nn.Module | None) -> Op | None:
+    """The table entry for `node`, or None when the op is unknown."""
+    if node.op == "call_module" and module is not None:
+        return lookup_module(module)
+    if node.op == "call_function":
+        try:
+            entry = FUNCTIONS.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+        if entry is None:
+            name = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', '')}"
+            entry = NAMED_FUNCTIONS.get(name)
+        return entry
+    if node.op == "call_method":
+        return METHODS.get(node.target)
+    return None
+
+
+def lookup_module(module: nn.Module) -> Op | None:
+    """The table entry for a module, or None when its class is unknown."""
+    for cls in type(module).__mro__:
+        if cls in MODULES:
+            # A subclass with its own forward is a different op.
+            return MODULES[cls] if type(module).forward is cls.forward else None
+    return None

@@ -1,0 +1,67 @@
+"""Meeting a target by bisection: which x to try next, and which tried x to keep.
+
+A *probe* is one measurement ``(x, value)`` of a quantity that moves one way as x grows: the
+MACs kept fall as the share of channels removed grows, or as Catalyst's c0 grows, and rise with
+a keep fraction (``rising=True``). A probe *meets* the target when its value is at or under it.
+
+The functions are stateless over the list of probes made so far: the next probe depends on
+those alone. So a caller whose probes are expensive and persisted (the job's c0 calibration,
+one complete training run per probe) resumes the search exactly where it stopped, and a cheap
+search is the loop `bisect`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from fxprune.errors import InputError
+
+
+class Probe(NamedTuple):
+    """One measurement: `value` at `x`."""
+
+    x: float
+    value: float
+
+
+def bracket(probes: Sequence[tuple[float, float]], target: float, lo: float, hi: float, *,
+            rising: bool = False) -> tuple[float, float]:
+    """The tightest ``(lo, hi)`` that `probes` give around the x meeting `target` exactly.
+
+    Value falling as x grows (the default): a probe over the target raises lo, one at or under
+    it lowers hi, so hi is the smallest x seen to meet the target (the bound itself when none
+    did). ``rising=True``: the reverse, and lo is the largest x seen to meet it.
+    """
+    for x, value in probes:
+        if (value > target) != rising:
+            lo = max(lo, x)
+        else:
+            hi = min(hi, x)
+    return lo, hi
+
+
+def next_probe(probes: Sequence[tuple[float, float]], target: float, lo: float, hi: float, *,
+               rising: bool = False) -> float:
+    """The x to measure next: the midpoint of `bracket`."""
+    lo, hi = bracket(probes, target, lo, hi, rising=rising)
+    return (lo + hi) / 2
+
+
+def best_index(probes: Sequence[tuple[float, float]], target: float) -> int:
+    """Which probe to keep: one meeting the target if any does, then the closest to it; the
+    earliest among equals (a later probe must be strictly better to replace it)."""
+    if not probes:
+        raise InputError("best_index needs at least one probe: measure one first")
+    return min(range(len(probes)), key=lambda i: (probes[i][1] > target, abs(probes[i][1] - target)))
+
+
+def bisect(measure: Callable[[float], float], target: float, lo: float, hi: float, steps: int, *,
+           rising: bool = False) -> list[Probe]:
+    """Measure `steps` probes in ``[lo, hi]``, each at `next_probe` of those before; returns
+    them in the order measured (choose one with `best_index` or `bracket`)."""
+    probes: list[Probe] = []
+    for _ in range(steps):
+        x = next_probe(probes, target, lo, hi, rising=rising)
+        probes.append(Probe(x, measure(x)))
+    return probes
