@@ -4,6 +4,7 @@ The pipeline, in the order data flows through it:
 
     gm = fxprune.trace(model, example_inputs)   # torch.fx graph with shapes
     graph = fxprune.analyze(gm)                 # coupled channel groups (passes/analyze.py)
+    fxprune.coverage(gm, graph).share           # share of conv/linear channels left prunable
     ext = fxprune.insert_catalysts(gm, graph)   # catalysts for training (passes/catalyst.py)
     fxprune.catalyst_penalty(ext)               # ||DW||_{2,1}; CatalystPruner drives it all
     slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
@@ -14,6 +15,7 @@ The pipeline, in the order data flows through it:
 """
 
 from fxprune.cost import Cost, cost
+from fxprune.coverage import Coverage, coverage
 from fxprune.errors import (
     AnalysisError,
     ExportError,
@@ -40,6 +42,7 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "Cost",
+    "Coverage",
     "ExportError",
     "ExportReport",
     "FxPruneError",
@@ -51,6 +54,7 @@ __all__ = [
     "analyze",
     "catalyst_penalty",
     "cost",
+    "coverage",
     "deploy_report",
     "export_onnx",
     "insert_catalysts",

@@ -2,17 +2,20 @@
 
 Invariant established: every node of the returned graph has ``node.meta["tensor_meta"]``
 (shape and dtype, nested for tuple outputs), and call_module nodes for submodules that had to be
-made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why.
+made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why. get_attr nodes
+carry ``node.meta["fxprune.owner"]`` (a ``ParamOwner``): the class of the module that owns the
+tensor, which the GraphModule replaces by a plain container.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import linecache
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +36,19 @@ from fxprune.errors import (
 log = logging.getLogger(__name__)
 
 LEAF_KEY = "fxprune.leaf"
+OWNER_KEY = "fxprune.owner"
 # Frames inside torch are fx, nn.Module or torch-function machinery, never the user's line.
 _SKIP_DIR = os.path.dirname(torch.__file__) + os.sep
 MAX_LEAF_RETRIES = 32
+
+
+@dataclass(frozen=True)
+class ParamOwner:
+    """The module that owns a get_attr node's tensor, as the user built it (the GraphModule
+    keeps only a plain container in its place)."""
+
+    module: str
+    cls: type
 
 
 @dataclass(frozen=True)
@@ -90,14 +103,36 @@ def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, st
     return found
 
 
+def _defaults(model: torch.nn.Module, given: int, named: Iterable[str]) -> dict[str, object]:
+    """The forward arguments the example does not give, at their defaults (fx then traces the
+    branch the default takes, as a call without them would); an argument with no default that
+    is not given is an `InputError`."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: trace every argument
+        return {}
+    fixed = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    rest = [p for p in parameters if p.kind in fixed][given:]
+    missing = [p.name for p in rest if p.name not in named and p.default is inspect.Parameter.empty]
+    if missing:
+        raise InputError(f"the model's forward needs {', '.join(missing)}, which the example does "
+                         "not give: pass it in example_inputs (in order) or example_kwargs")
+    unknown = sorted(set(named) - {p.name for p in rest})
+    if unknown:
+        raise InputError(f"example_kwargs names {', '.join(unknown)}, which is not a further "
+                         f"argument of {type(model).__name__}.forward")
+    return {p.name: p.default for p in rest if p.name not in named}
+
+
 def _symbolic_trace(
-    model: torch.nn.Module, leaf_types: tuple[type, ...]
+    model: torch.nn.Module, leaf_types: tuple[type, ...], concrete: dict[str, object]
 ) -> tuple[torch.fx.GraphModule, dict[str, LeafReason]]:
     leaves: dict[str, LeafReason] = {}
     for _ in range(MAX_LEAF_RETRIES):
         tracer = _Tracer(leaves, leaf_types)
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete or None)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
             where = _failing_module(model, exc)
             if where is None or where[0] == "" or where[0] in leaves:
@@ -175,7 +210,7 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> None:
     """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`.
 
     Leaf modules that branch on data cannot run on fake tensors; then the graph runs once on
@@ -185,7 +220,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...])
     gm.eval()  # never update BatchNorm statistics while looking at shapes
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        fake = tuple(mode.from_tensor(t) for t in inputs)
+        fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG):
                 _ShapeProp(gm).run(*fake)
@@ -201,28 +236,56 @@ def trace(
     model: torch.nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
+    example_kwargs: Mapping[str, torch.Tensor] | None = None,
     leaf_modules: Iterable[type] = (),
 ) -> torch.fx.GraphModule:
     """Symbolically trace `model` and record every node's shape and dtype.
 
     Submodules whose forward cannot be traced (data-dependent control flow) are retried as
     leaves; their channels are then frozen, with the reason in ``node.meta["fxprune.leaf"]``.
+    Forward arguments given neither in `example_inputs` nor by name in `example_kwargs` are
+    traced at their defaults (the graph keeps them as placeholders with those defaults).
     Raises `InputError` for unusable input and `TraceError` when nothing works.
     """
     model = check_module(model)
     inputs = as_input_tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    as_input_tuple(tuple(kwargs.values()))  # keyword inputs are tensors too
     if isinstance(model, torch.fx.GraphModule):
         gm, leaves = model, {}
     else:
-        gm, leaves = _symbolic_trace(model, tuple(leaf_modules))
-    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    if n_inputs != len(inputs):
-        raise InputError(f"the model's forward takes {n_inputs} inputs, {len(inputs)} were given")
+        concrete = _defaults(model, len(inputs), kwargs)
+        gm, leaves = _symbolic_trace(model, tuple(leaf_modules), concrete)
+    inputs = _placeholder_values(gm, inputs, kwargs)
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in leaves:
             node.meta[LEAF_KEY] = leaves[node.target]
+        if node.op == "get_attr" and "." in node.target and OWNER_KEY not in node.meta:
+            owner = node.target.rpartition(".")[0]
+            with contextlib.suppress(AttributeError):
+                node.meta[OWNER_KEY] = ParamOwner(owner, type(model.get_submodule(owner)))
     propagate_shapes(gm, inputs)
     return gm
 
 
-__all__ = ["LeafReason", "trace", "propagate_shapes"]
+def _placeholder_values(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...],
+                        kwargs: Mapping[str, torch.Tensor]) -> tuple[object, ...]:
+    """A value for every placeholder, in order: the inputs, then keyword inputs by name, then
+    the defaults fx recorded for arguments traced at their defaults."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values: list[object] = list(inputs[:len(placeholders)])
+    for node in placeholders[len(values):]:
+        name = node.target.lstrip("*")
+        if name in kwargs:
+            values.append(kwargs[name])
+        elif node.args:
+            values.append(node.args[0])
+        else:
+            break
+    if len(values) != len(placeholders) or len(inputs) > len(placeholders):
+        raise InputError(f"the model's forward takes {len(placeholders)} inputs, "
+                         f"{len(inputs) + len(kwargs)} were given")
+    return tuple(values)
+
+
+__all__ = ["LeafReason", "ParamOwner", "trace", "propagate_shapes"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from fxprune import atomic
 from fxprune.app.model_specs import default_shape, example_input, load_model, parse_shape
+from fxprune.coverage import coverage
 from fxprune.errors import FxPruneError
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import analyze
@@ -54,13 +55,16 @@ def format_table(graph: ChannelGraph) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model)
     model = load_model(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model, model)
     start = time.perf_counter()
     gm = trace(model, example_input(shape, args.input_dtype))
     graph = analyze(gm, strict=args.strict)
     elapsed = time.perf_counter() - start
     print(format_table(graph))
+    share = coverage(gm, graph)
+    print(f"{share.share:.1%} of the conv/linear output channels are in prunable groups "
+          f"({share.prunable} of {share.channels})")
     print(f"traced and analysed {args.model} at input {shape} in {elapsed * 1000:.0f} ms")
     if args.json:
         print(f"wrote {atomic.write_text(args.json, graph.to_json(indent=1))}")
@@ -80,8 +84,8 @@ def _export(args: argparse.Namespace) -> int:
     from fxprune.export.deploy import deploy_report
     from fxprune.export.onnx import export_onnx
 
-    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model)
     model = load_model(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model, model)
     x = example_input(shape, args.input_dtype)
     report = export_onnx(model, x, args.output, opset=args.opset,
                          dynamic_batch=not args.static_batch, check=not args.no_check)
@@ -125,7 +129,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="torchvision:NAME, path/to/file.py:factory, or a saved .pt2")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:factory, "
+                   "or a saved .pt2")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
     p.add_argument("--input-dtype", default="float32", choices=["float32", "float64", "int64"])
 
@@ -153,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_export)
     p = sub.add_parser("prune", help="the end-to-end job (default: a residual CNN on digits)")
     p.add_argument("model", nargs="?", default=None,
-                   help="digits (default), torchvision:NAME or path/to/file.py:factory")
+                   help="digits (default), torchvision:NAME, timm:NAME or path/to/file.py:factory")
     p.add_argument("--weights", help="a state_dict file to start from (skips pre-training)")
     p.add_argument("--data", choices=["digits", "cifar10", "cifar100", "imagefolder"])
     p.add_argument("--data-dir", dest="data_dir", help="folder holding the data set")

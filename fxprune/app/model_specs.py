@@ -28,7 +28,7 @@ def load_model(spec: str) -> nn.Module:
     if not sep or not name:
         raise InputError(
             f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50), "
-            "path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
+            "timm:NAME, zoo:NAME, path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
         )
     if kind == "zoo":
         from fxprune.app import model_zoo as zoo
@@ -46,6 +46,8 @@ def load_model(spec: str) -> nn.Module:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise InputError(f"torchvision has no classification model '{name}'{hint}")
         return torchvision.models.get_model(name).eval()
+    if kind == "timm":
+        return _timm_model(name)
     path = Path(kind)
     if path.suffix != ".py" or not path.is_file():
         raise InputError(f"model file '{kind}' not found: give an existing .py file, as file.py:factory")
@@ -66,12 +68,29 @@ def load_model(spec: str) -> nn.Module:
     return model.eval()
 
 
+def _timm_model(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise InputError("timm:NAME needs timm: pip install 'fxprune[timm]'") from exc
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"timm has no model '{name}'{hint}")
+    return timm.create_model(name, pretrained=False).eval()
+
+
 def input_size(name: str) -> int:
     """The image size a torchvision classifier is defined for."""
     return _DEFAULT_SIZE.get(name, 224)
 
 
-def default_shape(spec: str) -> tuple[int, ...]:
+def default_shape(spec: str, model: nn.Module | None = None) -> tuple[int, ...]:
+    """The input shape a model is defined for: a timm model's own (its pretrained config),
+    else a torchvision classifier's."""
+    config = getattr(model, "pretrained_cfg", None)
+    if isinstance(config, dict) and len(config.get("input_size", ())) == 3:
+        return (1, *config["input_size"])
     size = input_size(spec.partition(":")[2])
     return (1, 3, size, size)
 

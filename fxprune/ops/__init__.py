@@ -10,7 +10,17 @@ This package imports no pass; the passes import it.
 """
 
 from fxprune.ops.api import Context, Op, Resize
-from fxprune.ops.table import FUNCTIONS, METHODS, MODULES, NAMED_FUNCTIONS, lookup, lookup_module
+from fxprune.ops.table import (
+    FUNCTIONS,
+    METHODS,
+    MODULES,
+    NAMED_FUNCTIONS,
+    lookup,
+    lookup_module,
+    param_channel_dims,
+    producer_weight_dim,
+)
 
 __all__ = ["Context", "FUNCTIONS", "METHODS", "MODULES", "NAMED_FUNCTIONS", "Op", "Resize",
-           "lookup", "lookup_module"]
+           "lookup", "lookup_module", "param_channel_dims",
+           "producer_weight_dim"]

@@ -6,7 +6,7 @@ This module and the rest of `fxprune.ops` import no pass: the passes import them
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +129,21 @@ class Context:
         else:
             self.params[key] = ids
         self.members.append((node, qualified, dim, ids, role))
+
+    def not_channels(self, value: object, dims: Iterable[int]) -> None:
+        """`value`'s `dims` carry no channels (a conv weight's kernel dims): where it is a
+        parameter read directly (get_attr), forget the atoms its analysis gave them."""
+        if not isinstance(value, torch.fx.Node) or value.op != "get_attr":
+            return
+        flow = self.tflow(value)
+        for dim in dims:
+            ids = flow.dims.get(dim)
+            if ids is None:
+                continue
+            self.params.pop((value.target, dim), None)
+            self.members = [m for m in self.members
+                            if (m[0], m[1], m[2]) != (value.name, value.target, dim)]
+            self.atoms.discard(ids)
 
     def freeze_all(self, value: object, reason: str) -> None:
         if isinstance(value, Flow):

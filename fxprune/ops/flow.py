@@ -100,6 +100,7 @@ class Atoms:
         self.inexact: dict[int, str] = {}
         self.joins: list[tuple[int, str]] = []  # (atom, node name) where two spaces were coupled
         self.site = ""  # the node being analysed: where a union couples, for `joins`
+        self.discarded: set[int] = set()
 
     def __len__(self) -> int:
         return self.chan.size
@@ -132,6 +133,11 @@ class Atoms:
     def freeze(self, ids: np.ndarray, reason: str) -> None:
         for a in np.unique(np.asarray(ids)).tolist():
             self.frozen.setdefault(a, reason)
+
+    def discard(self, ids: np.ndarray) -> None:
+        """These atoms were never channels (a conv kernel's spatial dims): a group made only of
+        discarded atoms is not a group."""
+        self.discarded.update(np.asarray(ids).ravel().tolist())
 
     def mark_inexact(self, ids: np.ndarray, reason: str) -> None:
         for a in np.unique(np.asarray(ids)).tolist():

@@ -238,7 +238,11 @@ def matmul(cx: Context, op: Op) -> Flow:
 
 
 def sdpa(cx: Context, op: Op) -> Flow:
+    """F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)."""
     q, k, v = (cx.arg(i, n) for i, n in enumerate(("query", "key", "value")))
+    head = cx.tflow(q).dims.get(len(cx.shape(q)) - 1)
+    if head is not None and cx.arg(6, "scale") is None:  # the default scale is 1/sqrt(q.size(-1))
+        cx.atoms.mark_inexact(head, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
     scores = fl.matmul(cx.atoms, (cx.tflow(q), cx.shape(q)),
                        (fl.permute(cx.tflow(k), _swap_last(len(cx.shape(k)))),
                         _swapped(cx.shape(k))),
@@ -314,6 +318,97 @@ def functional_linear(cx: Context, op: Op) -> Flow:
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
         cx.atoms.union(out, cx.tflow(bias).dims[0])
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
+
+
+def functional_conv(cx: Context, op: Op) -> Flow:
+    """F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups) with the weight a
+    parameter, bare or computed from one (weight standardisation): the weight's dim 0 carries
+    the output channels, its dim 1 the input channels of one conv group."""
+    weight, bias, groups = cx.arg(1, "weight"), cx.arg(2, "bias"), cx.arg(6, "groups", 1)
+    x = cx.tflow(0).dims.get(1)
+    # kernel dims never carry channels; nor does dim 1 where the input has none (model input)
+    cx.not_channels(weight, [*([1] if x is None else []), *range(2, len(cx.shape(weight)))])
+    w, c_in, c_out = cx.tflow(weight).dims, cx.shape(0)[1], cx.shape(weight)[0]
+    out = w.get(0)
+    if out is None:
+        out = cx.atoms.fresh(c_out)
+        cx.atoms.freeze(out, f"conv weight without channels at {cx.where}")
+    if groups > 1 and groups == c_in:  # depthwise: each output follows its input channel
+        if x is None:
+            cx.atoms.freeze(out, f"depthwise conv on an input without channels at {cx.where}")
+        else:
+            cx.atoms.union(np.repeat(x, c_out // c_in), out)
+    else:
+        if groups > 1:  # keep every conv group the same width: couple index j of each
+            out = np.tile(cx.atoms.unite(out.reshape(groups, -1), 0), groups)
+        if x is not None:
+            if groups > 1:
+                x = cx.atoms.unite(x.reshape(groups, -1), 0)
+            if 1 in w:
+                cx.atoms.union(x, w[1])
+            else:
+                cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
+    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
+        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    return Flow({1: out})
+
+
+def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ...]) -> None:
+    """Per-channel parameters (bare or computed) along dim 0 follow the channels `ids`."""
+    for p in params:
+        if ids is not None and isinstance(p, torch.fx.Node) and 0 in cx.tflow(p).dims:
+            cx.atoms.union(ids, cx.tflow(p).dims[0])
+
+
+def functional_batch_norm(cx: Context, op: Op) -> Flow:
+    """F.batch_norm(x, running_mean, running_var, weight, bias, training, ...): per-channel
+    parameters along dim 1. With batch statistics (training=True, as in weight standardisation)
+    the statistics run over every other dim: channels there are normalised together."""
+    flow = cx.tflow(0)
+    _couple_params(cx, flow.dims.get(1), tuple(cx.arg(i, n) for i, n in (
+        (1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))))
+    if cx.arg(5, "training", False) is not False:
+        for d, ids in flow.dims.items():
+            if d != 1:
+                cx.atoms.mark_inexact(ids, f"batch statistics normalise over the channels at {cx.where}")
+    return flow
+
+
+def functional_instance_norm(cx: Context, op: Op) -> Flow:
+    """F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, ...):
+    per-channel parameters along dim 1, statistics over the spatial dims of each channel."""
+    flow = cx.tflow(0)
+    _couple_params(cx, flow.dims.get(1), tuple(cx.arg(i, n) for i, n in (
+        (1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))))
+    if cx.arg(5, "use_input_stats", True) is not False:
+        for d, ids in flow.dims.items():
+            if d >= 2:
+                cx.atoms.mark_inexact(ids, f"instance statistics normalise over the channels at {cx.where}")
+    return flow
+
+
+def functional_group_norm(cx: Context, op: Op) -> Flow:
+    """F.group_norm(x, num_groups, weight, bias, eps): statistics per norm group, so only whole
+    norm groups can go."""
+    flow = cx.tflow(0)
+    ids = flow.dims.get(1)
+    if ids is not None:
+        cx.atoms.unite(ids.reshape(cx.arg(1, "num_groups"), -1), 1)
+    _couple_params(cx, ids, (cx.arg(2, "weight"), cx.arg(3, "bias")))
+    return flow
+
+
+def functional_embedding(cx: Context, op: Op) -> Flow:
+    """F.embedding(indices, weight, ...): the weight's dim 1 is the output's last dim."""
+    w = cx.tflow(cx.arg(1, "weight")).dims
+    return Flow({len(cx.out_shape) - 1: w[1]}) if 1 in w else UNTRACKED
+
+
+def functional_prelu(cx: Context, op: Op) -> Flow:
+    """F.prelu(x, weight): one slope per channel of dim 1, or one for all."""
+    flow = cx.tflow(0)
+    _couple_params(cx, flow.dims.get(1), (cx.arg(1, "weight"),))
+    return flow
 
 
 def _channel_params(cx: Context, op: Op, ids: np.ndarray) -> None:

@@ -128,3 +128,15 @@ def rewrite_layer_norm(rx: Resize, node: torch.fx.Node) -> None:
     shape = node.args[1]
     new = tuple(rx.new_shape(node.args[0])[-len(shape):])
     node.args = (node.args[0], new, *node.args[2:])
+
+
+def rewrite_group_norm(rx: Resize, node: torch.fx.Node) -> None:
+    """F.group_norm: whole norm groups went, so the group count follows the channels."""
+    x = node.args[0]
+    old, new = rx.old_shape(x)[1], rx.new_shape(x)[1]
+    groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+    count = new // (old // groups)
+    if len(node.args) > 1:
+        node.args = (x, count, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": count}

@@ -125,8 +125,19 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     torch.roll: Op(flow=rules.mixes_along((2, "dims"))),
     torch.flip: Op(flow=rules.mixes_along((1, "dims"))),
     F.normalize: Op(flow=rules.normalize),
-    F.layer_norm: Op(flow=rules.layernorm, rewrite=surgery.rewrite_layer_norm),
-    F.linear: Op(flow=rules.functional_linear),
+    F.layer_norm: Op(flow=rules.layernorm, rewrite=surgery.rewrite_layer_norm, norm=True,
+                     fresh=True),
+    F.linear: Op(flow=rules.functional_linear, fresh=True),
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d),
+                    Op(flow=rules.functional_conv, fresh=True)),
+    F.batch_norm: Op(flow=rules.functional_batch_norm, catalyst_after=True, norm=True,
+                     fresh=True),
+    F.instance_norm: Op(flow=rules.functional_instance_norm, catalyst_after=True, norm=True,
+                        fresh=True),
+    F.group_norm: Op(flow=rules.functional_group_norm, rewrite=surgery.rewrite_group_norm,
+                     norm=True, fresh=True),
+    F.embedding: Op(flow=rules.functional_embedding),
+    F.prelu: Op(flow=rules.functional_prelu, catalyst_after=True),
     F.channel_shuffle: Op(flow=rules.channel_shuffle),
     torch.channel_shuffle: Op(flow=rules.channel_shuffle),
 }
@@ -143,6 +154,7 @@ METHODS: dict[str, Op] = {
                      "clip", "zero_", "fill_", "new_zeros_like", "requires_grad_"), UNARY),
     **dict.fromkeys(("flatten", "squeeze", "unsqueeze", "unflatten"), RESHAPE),
     **dict.fromkeys(("view", "reshape"), _SIZES),
+    **dict.fromkeys(("view_as", "reshape_as"), RESHAPE),
     "expand": Op(flow=rules.expand, rewrite=surgery.rewrite_sizes),
     **dict.fromkeys(("expand_as", "broadcast_to"), RESIZE),
     **dict.fromkeys(("transpose", "swapaxes", "t"), _TRANSPOSE),
@@ -189,6 +201,29 @@ def lookup(node: torch.fx.Node, module: nn.Module | None) -> Op | None:
         return entry
     if node.op == "call_method":
         return METHODS.get(node.target)
+    return None
+
+
+def param_channel_dims(owner: type, name: str) -> frozenset[int] | None:
+    """The dims of parameter `name` of a module of class `owner` that can carry channels, by
+    the entry of that class or of the known class it derives from (a subclass that computes
+    with its parent's parameters keeps their layout: a conv's kernel dims are never channels);
+    None where the table does not know the parameter."""
+    for cls in owner.__mro__:
+        if cls in MODULES:
+            entry = MODULES[cls]
+            dims = {d for p, d in (*entry.out_params.items(), *entry.in_params.items()) if p == name}
+            return frozenset(dims) or None
+    return None
+
+
+def producer_weight_dim(owner: type) -> int | None:
+    """The output-channel dim of the weight of a module of class `owner` (or of a known class
+    it derives from) when that class makes channels, else None."""
+    for cls in owner.__mro__:
+        if cls in MODULES:
+            entry = MODULES[cls]
+            return entry.out_params.get("weight") if entry.produces is not None else None
     return None
 
 

@@ -24,7 +24,7 @@ from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.ops.api import Context, untracked_like
 from fxprune.ops.flow import Flow, SizeOf
-from fxprune.trace import LEAF_KEY
+from fxprune.trace import LEAF_KEY, OWNER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,11 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         value = _fetch(cx.gm, node.target)
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             return untracked_like(meta)
+        owner = node.meta.get(OWNER_KEY)
+        known = ops.param_channel_dims(owner.cls, node.target.rpartition(".")[2]) if owner else None
         dims = {}
         for d, size in enumerate(value.shape):
-            if size > 1:
+            if size > 1 and (known is None or d in known):
                 dims[d] = cx.atoms.fresh(size)
                 cx._param(node.name, node.target, d, dims[d], "bare")
         return Flow(dims)
@@ -146,8 +148,11 @@ def _collect(cx: Context) -> ChannelGraph:
     with_params = {int(group_of[ids[0]]) for _, p, _, ids, _ in cx.members
                    if p in trainable and len(ids)}
     frozen_roots = {int(group_of[a]) for a in atoms.frozen}
+    live = np.ones(n, dtype=bool)
+    live[list(atoms.discarded)] = False
+    live_roots = set(np.unique(group_of[live]).tolist())
     group_roots = [r for r in np.unique(group_of).tolist()
-                   if r in with_params or r not in frozen_roots]
+                   if r in live_roots and (r in with_params or r not in frozen_roots)]
     gid = {r: i for i, r in enumerate(group_roots)}
     # local[c] = index of channel root c within its group (roots sort in graph order)
     local = np.full(n, -1, dtype=np.int64)

@@ -26,11 +26,17 @@ from fxprune.passes.plan import plan
 from fxprune.trace import propagate_shapes
 
 
-def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[torch.Tensor, ...]:
+def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[object, ...]:
+    """Zeros of every input's shape; arguments traced at their defaults keep them."""
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    return tuple(torch.zeros(tuple(n.meta["tensor_meta"].shape), dtype=n.meta["tensor_meta"].dtype,
-                             device=device)
-                 for n in gm.graph.nodes if n.op == "placeholder")
+    values: list[object] = []
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        meta = n.meta.get("tensor_meta")
+        values.append(torch.zeros(tuple(meta.shape), dtype=meta.dtype, device=device)
+                      if hasattr(meta, "shape") else (n.args[0] if n.args else None))
+    return tuple(values)
 
 
 def prune_channels(
