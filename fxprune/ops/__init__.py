@@ -15,12 +15,13 @@ from fxprune.ops.table import (
     METHODS,
     MODULES,
     NAMED_FUNCTIONS,
+    NAMED_MODULES,
     lookup,
     lookup_module,
     param_channel_dims,
     producer_weight_dim,
 )
 
-__all__ = ["Context", "FUNCTIONS", "METHODS", "MODULES", "NAMED_FUNCTIONS", "Op", "Resize",
+__all__ = ["Context", "FUNCTIONS", "METHODS", "MODULES", "NAMED_FUNCTIONS", "NAMED_MODULES", "Op", "Resize",
            "lookup", "lookup_module", "param_channel_dims",
            "producer_weight_dim"]

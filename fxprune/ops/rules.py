@@ -393,9 +393,19 @@ def functional_group_norm(cx: Context, op: Op) -> Flow:
     flow = cx.tflow(0)
     ids = flow.dims.get(1)
     if ids is not None:
-        cx.atoms.unite(ids.reshape(cx.arg(1, "num_groups"), -1), 1)
+        _norm_groups(cx, ids, cx.arg(1, "num_groups"))
     _couple_params(cx, ids, (cx.arg(2, "weight"), cx.arg(3, "bias")))
     return flow
+
+
+def _norm_groups(cx: Context, ids: np.ndarray, groups: int) -> None:
+    """Group norm statistics are per norm group: only whole norm groups can go, exactly. With
+    one group (a LayerNorm over channels and space, as in PoolFormer) that would be all of
+    them: channels go one by one instead, and the statistics change (inexact)."""
+    if groups == 1:
+        cx.atoms.mark_inexact(ids, f"GroupNorm with one group normalises over the channels at {cx.where}")
+    else:
+        cx.atoms.unite(ids.reshape(groups, -1), 1)
 
 
 def functional_embedding(cx: Context, op: Op) -> Flow:
@@ -429,8 +439,7 @@ def groupnorm(cx: Context, op: Op) -> Flow:
     flow = cx.tflow(0)
     ids = flow.dims.get(1)
     if ids is not None:
-        # Statistics are per norm group: only whole norm groups can go.
-        cx.atoms.unite(ids.reshape(cx.module().num_groups, -1), 1)
+        _norm_groups(cx, ids, cx.module().num_groups)
         _channel_params(cx, op, ids)
     return flow
 

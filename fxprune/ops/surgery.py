@@ -28,7 +28,7 @@ def sync_batchnorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
 def sync_groupnorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
     per_group = m.num_channels // m.num_groups
     m.num_channels = rx.new_shape(node.args[0])[1]
-    m.num_groups = m.num_channels // per_group
+    m.num_groups = 1 if m.num_groups == 1 else m.num_channels // per_group
 
 
 def sync_layernorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
@@ -135,7 +135,7 @@ def rewrite_group_norm(rx: Resize, node: torch.fx.Node) -> None:
     x = node.args[0]
     old, new = rx.old_shape(x)[1], rx.new_shape(x)[1]
     groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
-    count = new // (old // groups)
+    count = 1 if groups == 1 else new // (old // groups)
     if len(node.args) > 1:
         node.args = (x, count, *node.args[2:])
     else:

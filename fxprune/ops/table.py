@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +187,17 @@ NAMED_FUNCTIONS: dict[str, Op] = {
 }
 
 
+# Modules of other libraries that override a known module's forward but compute the same
+# thing, keyed by qualified class name (nothing of theirs is imported). timm's "same" layers pad
+# at run time from the input size (which fx cannot trace, so they stay leaves), then convolve or
+# pool as their parent does; the padding makes the conv's shape rule wrong, so it has none.
+NAMED_MODULES: dict[str, Op] = {
+    "timm.layers.conv2d_same.Conv2dSame": replace(_CONV, shape=None),
+    "timm.layers.pool2d_same.MaxPool2dSame": POOL,
+    "timm.layers.pool2d_same.AvgPool2dSame": POOL,
+}
+
+
 def lookup(node: torch.fx.Node, module: nn.Module | None) -> Op | None:
     """The table entry for `node`, or None when the op is unknown."""
     if node.op == "call_module" and module is not None:
@@ -229,6 +241,9 @@ def producer_weight_dim(owner: type) -> int | None:
 
 def lookup_module(module: nn.Module) -> Op | None:
     """The table entry for a module, or None when its class is unknown."""
+    named = NAMED_MODULES.get(f"{type(module).__module__}.{type(module).__qualname__}")
+    if named is not None:
+        return named
     for cls in type(module).__mro__:
         if cls in MODULES:
             # A subclass with its own forward is a different op.
