@@ -36,9 +36,9 @@ def coverage(gm: torch.fx.GraphModule, graph: ChannelGraph) -> Coverage:
             if entry is not None and entry.produces is not None and "weight" in entry.out_params:
                 weights[f"{node.target}.weight"] = entry.out_params["weight"]
         elif node.op == "get_attr" and node.target.endswith(".weight") and OWNER_KEY in node.meta:
-            dims = ops.producer_weight_dim(node.meta[OWNER_KEY].cls)
-            if dims is not None:
-                weights[node.target] = dims
+            entry = ops.parameter_layout(node.meta[OWNER_KEY].cls)
+            if entry is not None and entry.produces is not None and "weight" in entry.out_params:
+                weights[node.target] = entry.out_params["weight"]
     params = dict(gm.named_parameters())
     total = sum(params[w].shape[d] for w, d in weights.items() if w in params)
     covered = sum(len(m.positions) for g in graph.prunable for m in g.params

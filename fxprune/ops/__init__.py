@@ -19,9 +19,9 @@ from fxprune.ops.table import (
     lookup,
     lookup_module,
     param_channel_dims,
-    producer_weight_dim,
+    parameter_layout,
 )
 
 __all__ = ["Context", "FUNCTIONS", "METHODS", "MODULES", "NAMED_FUNCTIONS", "NAMED_MODULES", "Op", "Resize",
            "lookup", "lookup_module", "param_channel_dims",
-           "producer_weight_dim"]
+           "parameter_layout"]

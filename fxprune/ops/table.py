@@ -216,27 +216,25 @@ def lookup(node: torch.fx.Node, module: nn.Module | None) -> Op | None:
     return None
 
 
+def parameter_layout(owner: type) -> Op | None:
+    """The entry of class `owner`, or of the known class it derives from, whatever its forward:
+    for facts about its parameters, which a subclass computing with its parent's parameters
+    keeps (timm's BatchNormAct2d is a BatchNorm2d's parameters, StdConv2d a conv's: its kernel
+    dims are never channels). Which channels flow where is `lookup`'s, never this."""
+    for cls in owner.__mro__:
+        if cls in MODULES:
+            return MODULES[cls]
+    return None
+
+
 def param_channel_dims(owner: type, name: str) -> frozenset[int] | None:
-    """The dims of parameter `name` of a module of class `owner` that can carry channels, by
-    the entry of that class or of the known class it derives from (a subclass that computes
-    with its parent's parameters keeps their layout: a conv's kernel dims are never channels);
+    """The dims of parameter `name` of a module of class `owner` that can carry channels, or
     None where the table does not know the parameter."""
-    for cls in owner.__mro__:
-        if cls in MODULES:
-            entry = MODULES[cls]
-            dims = {d for p, d in (*entry.out_params.items(), *entry.in_params.items()) if p == name}
-            return frozenset(dims) or None
-    return None
-
-
-def producer_weight_dim(owner: type) -> int | None:
-    """The output-channel dim of the weight of a module of class `owner` (or of a known class
-    it derives from) when that class makes channels, else None."""
-    for cls in owner.__mro__:
-        if cls in MODULES:
-            entry = MODULES[cls]
-            return entry.out_params.get("weight") if entry.produces is not None else None
-    return None
+    entry = parameter_layout(owner)
+    if entry is None:
+        return None
+    dims = {d for p, d in (*entry.out_params.items(), *entry.in_params.items()) if p == name}
+    return frozenset(dims) or None
 
 
 def lookup_module(module: nn.Module) -> Op | None:

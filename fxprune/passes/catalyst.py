@@ -27,7 +27,8 @@ from torch import nn
 
 from fxprune import ops
 from fxprune.errors import InputError
-from fxprune.graph import ChannelGraph, ChannelGroup
+from fxprune.graph import ChannelGraph, ChannelGroup, Member
+from fxprune.trace import OWNER_KEY
 
 TARGETS = ("group", "bn")
 
@@ -224,7 +225,7 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     for m in group.params:
         if m.role == "in" or m.param not in params:
             continue
-        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, m.param):
+        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, m):
             continue
         if target == "bn-scale" and not m.param.endswith(".weight"):
             continue
@@ -236,10 +237,17 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     return out
 
 
-def _owned_by_norm(gm: torch.fx.GraphModule, param: str) -> bool:
-    if "." not in param:
-        return False
-    entry = ops.lookup_module(gm.get_submodule(param.rpartition(".")[0]))
+def _owned_by_norm(gm: torch.fx.GraphModule, member: Member) -> bool:
+    """Whether a parameter belongs to a norm layer: a call_module's, or one read through
+    functional ops whose owner derives from a norm (timm's BatchNormAct2d)."""
+    if member.role == "bare":
+        node = next((n for n in gm.graph.nodes if n.name == member.node), None)
+        owner = node.meta.get(OWNER_KEY) if node is not None else None
+        entry = ops.parameter_layout(owner.cls) if owner is not None else None
+    elif "." in member.param:
+        entry = ops.lookup_module(gm.get_submodule(member.param.rpartition(".")[0]))
+    else:
+        entry = None
     return entry is not None and entry.norm
 
 
