@@ -225,6 +225,56 @@ class Frozen(nn.Module):
         return self.head(F.relu(self.free(x)) + b + _opaque(self.c(x))) + a
 
 
+class Functional(nn.Module):
+    """Bare parameters through F.conv2d, F.batch_norm (running statistics as buffers),
+    F.group_norm and F.linear: the same couplings as the modules they stand for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(6, 3, 3, 3)), nn.Parameter(torch.randn(6))
+        self.scale, self.shift = nn.Parameter(torch.rand(6) + 0.5), nn.Parameter(torch.randn(6))
+        self.register_buffer("mean", torch.randn(6))
+        self.register_buffer("var", torch.rand(6) + 0.5)
+        self.w2 = nn.Parameter(torch.randn(4, 6, 1, 1))
+        self.gn_w, self.gn_b = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+        self.fc = nn.Parameter(torch.randn(5, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.w1, self.b1, padding=1)
+        x = F.relu(F.batch_norm(x, self.mean, self.var, self.scale, self.shift))
+        x = F.group_norm(F.conv2d(x, self.w2), 2, self.gn_w, self.gn_b)
+        return F.linear(x.mean((2, 3)), self.fc)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm2d whose forward calls F.batch_norm, then an act."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                   self.bias, False, 0.1, self.eps))
+
+
+class StdConv(nn.Conv2d):
+    """timm's StdConv2d: each filter standardised over its inputs by F.batch_norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class Subclassed(nn.Module):
+    """Subclasses of known layers with their own forward are traced through, not frozen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = StdConv(3, 8, 3, padding=1), BatchNormAct(8), StdConv(8, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.bn(self.a(x))).mean((2, 3)))
+
+
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "residual": (Residual, (2, 3, 6, 6), torch.float32),
     "broadcast": (BroadcastOps, (2, 3, 4, 4), torch.float32),
@@ -240,7 +290,17 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "hand_attention": (HandAttention, (2, 5, 8), torch.float32),
     "shuffle": (Shuffle, (2, 3, 4, 4), torch.float32),
     "frozen": (Frozen, (2, 3, 4, 4), torch.float32),
+    "functional": (Functional, (2, 3, 4, 4), torch.float32),
+    "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }
+
+
+# Where a random request comes out empty, said once: the frozen model has no prunable group
+# (mean and softmax over channels, an unknown op, the output); the tokens model's one group
+# goes through attention's 1/sqrt(head_dim), so it is inexact. test_analyze checks both sets
+# against its table of expected groups.
+NO_PRUNABLE_GROUP = frozenset({"frozen"})
+NO_EXACT_GROUP = NO_PRUNABLE_GROUP | {"tokens"}
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:

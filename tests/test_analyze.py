@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from helpers import group_with, member, summary
-from models import build
+from models import NO_EXACT_GROUP, NO_PRUNABLE_GROUP, build
 
 import fxprune
 
@@ -104,6 +104,18 @@ EXPECTED = {
         S("c.weight:0", "c.bias:0"): (4, F, EXACT),
         S("head.weight:0", "head.bias:0"): (2, F, EXACT),
     },
+    # the same couplings as the modules they stand for; no group for the kernel dims
+    "functional": {
+        S("w1:0", "b1:0", "scale:0", "shift:0", "mean:0", "var:0", "w2:1"): (6, P, EXACT),
+        S("w2:0", "gn_w:0", "gn_b:0", "fc:1"): (2, P, EXACT),  # 2 norm groups of 2
+        S("fc:0"): (5, F, EXACT),
+    },
+    # StdConv b standardises each filter over its inputs: a's channels are inexact
+    "subclassed": {
+        S("a.weight:0", "a.bias:0", *_bn("bn"), "b.weight:1"): (8, P, INEXACT),
+        S("b.weight:0", "b.bias:0", "fc.weight:1"): (4, P, EXACT),
+        S("fc.weight:0", "fc.bias:0"): (3, F, EXACT),
+    },
 }
 
 
@@ -115,6 +127,14 @@ def analyze(name: str) -> fxprune.ChannelGraph:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_groups(name: str) -> None:
     assert summary(analyze(name)) == EXPECTED[name]
+
+
+def test_models_without_a_prunable_or_exact_group_are_the_listed_ones() -> None:
+    # other tests skip or relax their checks for exactly these models
+    prunable = {n for n, groups in EXPECTED.items() if any(p for _, p, _ in groups.values())}
+    exact = {n for n, groups in EXPECTED.items() if any(p and e for _, p, e in groups.values())}
+    assert set(EXPECTED) - prunable == NO_PRUNABLE_GROUP
+    assert set(EXPECTED) - exact == NO_EXACT_GROUP
 
 
 def test_cat_of_the_same_tensor_maps_both_halves_to_its_channels() -> None:

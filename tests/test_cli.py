@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fxprune.cli import main
+from fxprune.app.cli import main
 
 USER_MODEL = '''
 import torch
@@ -21,6 +21,19 @@ def make():
 def not_a_model():
     return 42
 '''
+
+
+def _table(out: str) -> list[tuple[str, ...]]:
+    """The rows of the group table as (id, channels, state, members), cells stripped: the
+    tests check what the table says, not how it is padded."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.replace(" ", "").startswith("id|"))
+    rows = []
+    for line in lines[header + 2:]:  # past the header and its rule
+        if not line.strip():
+            break
+        rows.append(tuple(cell.strip() for cell in line.split("|", 3)))
+    return rows
 
 
 @pytest.fixture
@@ -35,10 +48,22 @@ def test_inspect_torchvision_model_writes_json_and_dot(tmp_path: Path, capsys: p
                  "--dot", str(tmp_path / "g.dot")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "13 groups, 12 prunable" in out
+    # resnet18 has 4 stages of 2 BasicBlocks. Each stage's residual adds tie its block outputs
+    # into one group (stage 1 with the stem), and each block's conv1 outputs are a group of
+    # their own: per stage the stage width 3 times (4 x 3 = 12 prunable groups, 3 x (64 + 128
+    # + 256 + 512) = 2880 channels); fc's 1000 outputs are the model's: frozen. 13 groups.
+    rows = _table(out)
+    assert [r[0] for r in rows] == [str(i) for i in range(13)]
+    assert sorted(int(c) for _, c, state, _ in rows if state == "prunable") == sorted(
+        [64, 128, 256, 512] * 3)
+    assert rows[12][1:] == ("1000", "frozen", "fc")
+    assert rows[1][1:] == ("64", "prunable", "layer1.0.conv1, layer1.0.bn1, layer1.0.conv2 (in)")
+    assert rows[0][3].startswith("conv1, bn1, layer1.0.conv1 (in)")
+    assert "13 groups, 12 prunable, 2880 prunable channels" in out
     assert "group 12: reaches the model output" in out
     data = json.loads((tmp_path / "g.json").read_text())
-    assert len(data["groups"]) == 13
+    assert [(g["id"], g["channels"], g["prunable"]) for g in data["groups"]] == [
+        (int(i), int(c), state == "prunable") for i, c, state, _ in rows]
     assert data["groups"][0]["members"][0]["param"] == "conv1.weight"
     dot = (tmp_path / "g.dot").read_text()
     assert dot.startswith("digraph") and '"layer1_0_conv1"' in dot
@@ -47,7 +72,10 @@ def test_inspect_torchvision_model_writes_json_and_dot(tmp_path: Path, capsys: p
 def test_inspect_user_file_factory(user_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", f"{user_file}:make", "--input-shape", "1,3,8,8"]) == 0
     out = capsys.readouterr().out
-    assert "0  | 8        | prunable | 0, 1, 3 (in)" in out
+    # conv 0 -> bn 1 -> relu -> conv 3: one group of 8 (conv 0's outputs, bn 1, conv 3's
+    # inputs), and conv 3's 4 outputs, frozen as the model's output
+    assert _table(out) == [("0", "8", "prunable", "0, 1, 3 (in)"), ("1", "4", "frozen", "3")]
+    assert "group 1: reaches the model output" in out
 
 
 @pytest.mark.parametrize(

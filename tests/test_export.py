@@ -13,11 +13,11 @@ from models import MODELS, build
 from torch import nn
 
 import fxprune
-from fxprune.cli import main
+from fxprune.app.cli import main
+from fxprune.app.model_specs import randomize_zero_parameters
 from fxprune.export import onnx as onnx_export
 from fxprune.export.deploy import deploy_report
 from fxprune.export.onnx import export_onnx
-from fxprune.models import randomize_zero_parameters
 from fxprune.passes.plan import random_request
 
 FIXED_BATCH = {"literals"}  # views with a literal batch size of 2

@@ -91,6 +91,9 @@ def test_random_architectures_prune_to_the_zeroed_function(
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm, strict=True)  # every op in these blocks must be known
     remove = random_request(graph, fraction, seed)
+    # the stem's 4 channels always have one to spare, so the comparison below is never the
+    # model against itself (a 2-channel group split in halves may lose none)
+    assert any(remove.values())
     assert all(g.exact for g in graph.prunable)
     slim = fxprune.prune_channels(gm, graph, remove)
     assert_equivalent(slim, fxprune.zero_channels(gm, graph, remove), x)

@@ -60,6 +60,7 @@ class Context:
         self.flows: dict[torch.fx.Node, object] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
         self.members: list[tuple[str, str, int, np.ndarray, str]] = []
+        self._bare: dict[int, int] = {}  # first atom of a bare parameter dim -> its member
         self.entry: Op | None = None
         self.node: torch.fx.Node
         self.where = ""
@@ -128,22 +129,26 @@ class Context:
             self.atoms.union(self.params[key], ids)
         else:
             self.params[key] = ids
+        if role == "bare" and len(ids):
+            self._bare[int(ids[0])] = len(self.members)
         self.members.append((node, qualified, dim, ids, role))
 
+    def reads(self, ids: np.ndarray) -> None:
+        """The bare parameter dim holding exactly the atoms `ids` is read as input channels
+        (a functional conv's or linear's weight columns): its role is "in", as a module's."""
+        at = self._bare.get(int(ids[0])) if len(ids) else None
+        if at is not None and np.array_equal(self.members[at][3], ids):
+            node, qualified, dim, held, _ = self.members[at]
+            self.members[at] = (node, qualified, dim, held, "in")
+
     def not_channels(self, value: object, dims: Iterable[int]) -> None:
-        """`value`'s `dims` carry no channels (a conv weight's kernel dims): where it is a
-        parameter read directly (get_attr), forget the atoms its analysis gave them."""
-        if not isinstance(value, torch.fx.Node) or value.op != "get_attr":
-            return
+        """`value`'s `dims` carry no channels (a conv weight's kernel dims, or its input dim
+        where the input has none): the atoms its flow holds there are discarded, and a group
+        made of nothing else is not a group."""
         flow = self.tflow(value)
         for dim in dims:
-            ids = flow.dims.get(dim)
-            if ids is None:
-                continue
-            self.params.pop((value.target, dim), None)
-            self.members = [m for m in self.members
-                            if (m[0], m[1], m[2]) != (value.name, value.target, dim)]
-            self.atoms.discard(ids)
+            if dim in flow.dims:
+                self.atoms.discard(flow.dims[dim])
 
     def freeze_all(self, value: object, reason: str) -> None:
         if isinstance(value, Flow):

@@ -315,6 +315,8 @@ def functional_linear(cx: Context, op: Op) -> Flow:
                                [cx.shape(x)[-1]]),
                               (Flow({0: w[1]} if 1 in w else {}), [cx.shape(weight)[1]])],
                    [cx.shape(x)[-1]], cx.where)
+    if 1 in w:
+        cx.reads(w[1])
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
         cx.atoms.union(out, cx.tflow(bias).dims[0])
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
@@ -346,6 +348,7 @@ def functional_conv(cx: Context, op: Op) -> Flow:
                 x = cx.atoms.unite(x.reshape(groups, -1), 0)
             if 1 in w:
                 cx.atoms.union(x, w[1])
+                cx.reads(w[1])
             else:
                 cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:

@@ -252,16 +252,18 @@ def _owned_by_norm(gm: torch.fx.GraphModule, member: Member) -> bool:
 
 
 def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx.Node, object]]:
-    """Producer nodes of the group's channels, with their output tensor member."""
-    producers = {m.node for m in group.params if m.role == "out" and m.param.endswith(".weight")}
+    """The nodes that make the group's channels (the op table's ``produces``: a conv, linear or
+    embedding, as a module or a functional op), with their output tensor member."""
     nodes = {n.name: n for n in gm.graph.nodes}
     sites = []
     for m in group.members:
         node = nodes.get(m.node)
-        if (m.param is None and m.output is None and m.node in producers
-                and node is not None and node.op == "call_module"):
-            entry = ops.lookup(node, gm.get_submodule(node.target))
-            if entry is not None and entry.produces is not None:
+        if (m.param is not None or m.output is not None or node is None
+                or node.op not in ("call_module", "call_function")):
+            continue
+        entry = ops.lookup(node, gm.get_submodule(node.target) if node.op == "call_module" else None)
+        if entry is not None and entry.produces is not None:
+            if m.dim == entry.produces % len(node.meta["tensor_meta"].shape):
                 sites.append((node, m))
     return sites
 

@@ -1,0 +1,76 @@
+"""timm models through fxprune: one model per timm architecture module.
+
+Per model (random weights, all-zero layers given small random values, the model's own input
+size): traced and analysed; at least 80% of its conv/linear output channels in prunable
+groups (`fxprune.coverage`); 30% of every exact group removed at random gives the zeroed
+original (1e-5 relative); 30% of every prunable group removed runs with the original output
+shape. The fast subset (about ten families, a few seconds each) runs by default; every other
+model of benchmarks/timm_models.json (`benchmarks/coverage.py --zoo timm --list`) runs with
+`pytest -m sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_equivalent
+
+import fxprune
+from fxprune.app.model_specs import default_shape, load_model, randomize_zero_parameters
+from fxprune.passes.plan import random_request
+
+pytest.importorskip("timm")
+
+LISTED = [m["model"] for m in json.loads(
+    (Path(__file__).parents[1] / "benchmarks" / "timm_models.json").read_text())["models"]]
+# the listed model of twelve families, but resnet18 for resnet10t (its classes are a quarter
+# of its channels) and convnext_atto for convnext_zepto_rms (its RmsNorm's torch.var freezes
+# the trunk); about 30 s in all on two cores
+FAST = ["resnet18", "mobilenetv2_035", "mobilenetv3_small_050", "regnetx_002", "convnext_atto",
+        "vit_tiny_patch16_224", "densenet121", "mobileone_s1", "poolformerv2_s12", "levit_128s",
+        "ghostnet_050", "pvt_v2_b0"]
+OTHERS = [m for m in LISTED if m not in FAST]
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check(name: str) -> None:
+    spec = f"timm:{name}"
+    model = randomize_zero_parameters(load_model(spec))
+    x = torch.randn(default_shape(spec, model))
+    with torch.no_grad():
+        shape = model(x).shape
+    gm = fxprune.trace(model, x)
+    graph = fxprune.analyze(gm)
+    covered = fxprune.coverage(gm, graph)
+    # the classes at the output are never prunable; where they alone are over a fifth of the
+    # channels (resnet10t: 1000 of 3936), everything else must be
+    floor = min(0.8, 1 - shape[-1] / covered.channels)
+    frozen = sorted({g.reason for g in graph.groups if not g.prunable})
+    assert covered.share >= floor, (
+        f"{name}: {covered.share:.3f} of the channels prunable (floor {floor:.3f}); frozen: {frozen}")
+    exact = random_request(graph, 0.3, 0, exact_only=True)
+    assert any(exact.values()), f"{name}: nothing to compare slim and zeroed on"
+    slim = fxprune.prune_channels(gm, graph, exact)
+    assert_equivalent(slim, fxprune.zero_channels(gm, graph, exact), x)
+    assert _params(slim) < _params(gm)
+    everything = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
+    with torch.no_grad():
+        out = everything(x)
+    assert out.shape == shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_models_prune_to_the_zeroed_function(name: str) -> None:
+    _check(name)
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("name", OTHERS)
+def test_every_other_model_prunes_to_the_zeroed_function(name: str) -> None:
+    _check(name)
