@@ -1,15 +1,35 @@
-"""Coverage: every torchvision classifier through fxprune and through Torch-Pruning.
+"""Coverage: torchvision's classifiers, or one model per timm architecture, through fxprune
+and through Torch-Pruning.
 
-Per model (random weights with all-zero layers given small random values, 1x3xSxS input,
-each model in its own subprocess with a 16 GB address-space cap (--cap-gb) so that one blow-up cannot
-take the sweep down):
+Per model (random weights with all-zero layers given small random values, one input of the
+model's own size: 1x3x224x224 for torchvision, 299 for Inception-v3, a timm model's
+``pretrained_cfg["input_size"]``; each model in its own subprocess with a 16 GB address-space
+cap (--cap-gb) so that one blow-up cannot take the sweep down):
 
-- fxprune: traced, analysed, 30% of every prunable group removed at random, slim == zeroed
-  on the exact groups (1e-5 relative), ONNX export with parity (`export_onnx`);
+- fxprune: traced, analysed, the share of conv/linear output channels in prunable groups
+  (`fxprune.coverage`), 30% of every prunable group removed at random, slim == zeroed on the
+  exact groups (1e-5 relative), ONNX export with parity (`export_onnx`);
 - Torch-Pruning: dependency graph built, 30% pruned with MagnitudeImportance (classifier
-  ignored), forward runs with the original output shape, ONNX export (legacy exporter).
+  ignored: torchvision's last Linear or Conv2d, timm's ``get_classifier()``), forward runs
+  with the original output shape, ONNX export (legacy exporter). Its share is the channels
+  its pruner may touch, measured as what it did: the output channels of the nn.Conv*/nn.Linear
+  modules whose output width the 30% step reduced, over the output channels of every
+  nn.Conv*/nn.Linear module (classifier included, the denominator fxprune's share uses).
 
-    python benchmarks/coverage.py [--models resnet18,vit_b_16]     # default: all (hours)
+    python benchmarks/coverage.py [--models resnet18,vit_b_16]      # default: all (hours)
+    python benchmarks/coverage.py --zoo timm --list                 # writes timm_models.json
+    python benchmarks/coverage.py --zoo timm [--models resnet18]    # default: all listed
+
+The timm zoo is one model per timm architecture module (`timm.list_modules()`): the smallest
+by parameter count whose input is at most 256 px, timm's ``test_*`` stand-ins left out. Listing
+builds about a thousand models (on the meta device), so it is done once, by --list, into
+benchmarks/timm_models.json (committed, with the timm version), which the sweep and
+tests/test_timm.py read.
+
+After the table, a summary: per side, the models traced, pruned, and verified (fxprune: slim
+== zeroed and ONNX parity; Torch-Pruning: forward and ONNX); then the models where fxprune's
+share is below Torch-Pruning's (below 0.8 where Torch-Pruning's pruned model did not run),
+each with the reason of its largest frozen group.
 
 Rows are written to the JSON file as each model finishes; a rerun keeps the rows already
 there (so a killed sweep resumes) unless --fresh is given; models named in --models are
@@ -25,30 +45,68 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 
+if TYPE_CHECKING:
+    import torch.fx
 
-def _size(name: str) -> int:
-    from fxprune.app.model_specs import input_size
+    from fxprune import ChannelGraph, ChannelGroup
 
-    return input_size(name)
+TIMM_MODELS = Path(__file__).parent / "timm_models.json"
+MAX_SIZE = 256  # px: the largest input a listed timm model may need
+SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
 
 
-def fxprune_side(name: str, folder: Path, out: dict) -> None:
+def build(zoo: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in eval mode with random weights, and a random input of its own size."""
+    from fxprune.app.model_specs import default_shape, load_model
+
+    spec = f"{zoo}:{name}"
+    model = load_model(spec)
+    return model, torch.randn(default_shape(spec, model))
+
+
+def top_frozen_reason(gm: torch.fx.GraphModule, graph: ChannelGraph) -> str | None:
+    """The reason of the frozen group that holds the most conv/linear output channels (what
+    `fxprune.coverage` counts), leaving out the classes at the model's output (frozen in every
+    model, and ignored by Torch-Pruning too) unless nothing else is frozen."""
+    def held(group: ChannelGroup) -> int:
+        count = 0
+        for m in group.params:
+            if m.role == "out" and m.param.endswith(".weight"):
+                try:
+                    owner = gm.get_submodule(m.owner)
+                except AttributeError:
+                    continue
+                if isinstance(owner, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+                    count += len(m.positions)
+        return count
+
+    frozen = sorted((g for g in graph.groups if not g.prunable), key=lambda g: (-held(g), -g.channels))
+    inner = [g for g in frozen if not g.reason.startswith("reaches the model output")]
+    top = inner or frozen
+    return top[0].reason if top else None
+
+
+def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     import fxprune
     from fxprune.app.model_specs import randomize_zero_parameters
     from fxprune.passes.plan import random_request
 
-    model = randomize_zero_parameters(torchvision.models.get_model(name).eval())
-    x = torch.randn(1, 3, _size(name), _size(name))
+    model, x = build(zoo, name)
+    model = randomize_zero_parameters(model)
     gm = fxprune.trace(model, x)
     out["traced"] = True
     graph = fxprune.analyze(gm)
     out["analysed"] = True
     out["prunable"] = len(graph.prunable)
+    out["share"] = round(fxprune.coverage(gm, graph).share, 4)
+    out["frozen_reason"] = top_frozen_reason(gm, graph)
     exact = random_request(graph, 0.3, 0, exact_only=True)
     with torch.no_grad():
         a = fxprune.prune_channels(gm, graph, exact)(x)
@@ -60,51 +118,74 @@ def fxprune_side(name: str, folder: Path, out: dict) -> None:
     out["onnx_parity"] = report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
 
 
-def torch_pruning_side(name: str, folder: Path, out: dict) -> None:
+def _widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output width of every conv and linear module, read from its weight."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            widths[name] = m.weight.shape[1] * m.groups if m.transposed else m.weight.shape[0]
+        elif isinstance(m, torch.nn.Linear):
+            widths[name] = m.weight.shape[0]
+    return widths
+
+
+def _classifier(zoo: str, model: torch.nn.Module) -> list[torch.nn.Module]:
+    """What Torch-Pruning must be told not to prune: the classes. fxprune finds that the
+    output's channels are fixed."""
+    if zoo == "timm":
+        head = model.get_classifier()
+        heads = head if isinstance(head, tuple) else (head,)  # distilled models have two
+        return [h for h in heads if isinstance(h, torch.nn.Module)]
+    # torchvision: the last Linear, or SqueezeNet's final 1x1 conv
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
+
+
+def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     import torch_pruning as tp
 
-    model = torchvision.models.get_model(name).eval()
-    x = torch.randn(1, 3, _size(name), _size(name))
+    model, x = build(zoo, name)
     with torch.no_grad():
         shape = model(x).shape
-    # the classifier: Torch-Pruning must be told not to prune the classes (the last Linear,
-    # or SqueezeNet's final 1x1 conv); fxprune finds that the output's channels are fixed
-    classifier = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=0.3, ignored_layers=classifier)
+                                       pruning_ratio=0.3, ignored_layers=_classifier(zoo, model))
     out["graph"] = True
+    before = _widths(model)
     pruner.step()
     out["pruned"] = True
+    after = _widths(model)
+    touched = sum(w for n, w in before.items() if after[n] < w)
+    out["share"] = round(touched / sum(before.values()), 4) if before else 0.0
     with torch.no_grad():
         out["forward"] = tuple(model(x).shape) == tuple(shape)
     torch.onnx.export(model, (x,), str(folder / "tp.onnx"), dynamo=False)
     out["onnx"] = True
 
 
-def one(name: str, side: str, cap_gb: float) -> dict:
+def one(zoo: str, name: str, side: str, cap_gb: float) -> dict:
     cap = int(cap_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.set_flush_denormal(True)
+    warnings.filterwarnings("ignore")  # stdout carries the result; keep stderr readable
     out: dict = {}  # filled step by step, so a failure still shows how far the tool got
     with tempfile.TemporaryDirectory() as folder:
         try:
-            (fxprune_side if side == "fxprune" else torch_pruning_side)(name, Path(folder), out)
+            (fxprune_side if side == "fxprune" else torch_pruning_side)(zoo, name, Path(folder), out)
         except Exception as exc:  # noqa: BLE001 - the table reports where each tool stopped
             out["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"
     return out
 
 
-def run(name: str, side: str, timeout: int, cap_gb: float) -> dict:
+def run(zoo: str, name: str, side: str, timeout: int, cap_gb: float) -> dict:
     start = time.perf_counter()
-    out = _run(name, side, timeout, cap_gb)
+    out = _run(zoo, name, side, timeout, cap_gb)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
-def _run(name: str, side: str, timeout: int, cap_gb: float) -> dict:
+def _run(zoo: str, name: str, side: str, timeout: int, cap_gb: float) -> dict:
     try:
-        result = subprocess.run([sys.executable, __file__, "--one", name, "--side", side,
-                                 "--cap-gb", str(cap_gb)],
+        result = subprocess.run([sys.executable, __file__, "--zoo", zoo, "--one", name,
+                                 "--side", side, "--cap-gb", str(cap_gb)],
                                 capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
@@ -114,6 +195,61 @@ def _run(name: str, side: str, timeout: int, cap_gb: float) -> dict:
     return json.loads(lines[-1])
 
 
+def list_timm_models(path: Path) -> None:
+    """Write the smallest model of every timm architecture module to `path`, printing
+    progress: parameters counted on the meta device (on the CPU where that fails)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    warnings.filterwarnings("ignore")
+    chosen, skipped = [], {}
+    for module in timm.list_modules():
+        sizes, large, broken = {}, 0, 0
+        # test_* models are timm's own unit-test stand-ins (widths of 8 to 64), not architectures
+        for name in timm.list_models(module=module, exclude_filters=["test_*"]):
+            cfg = get_pretrained_cfg(name)
+            if cfg is not None and max(cfg.input_size[1:]) > MAX_SIZE:
+                large += 1  # skipped before building: the large-input models are the large ones
+                continue
+            try:
+                with torch.device("meta"):
+                    model = timm.create_model(name)
+            except Exception:  # noqa: BLE001 - some models compute on their weights while built
+                try:
+                    model = timm.create_model(name)
+                except Exception:  # noqa: BLE001 - an unbuildable model is skipped, with its module
+                    broken += 1
+                    continue
+            size = tuple(model.pretrained_cfg["input_size"])
+            if max(size[1:]) > MAX_SIZE:
+                large += 1
+            else:
+                sizes[name] = (sum(p.numel() for p in model.parameters()), size)
+        if not sizes:
+            skipped[module] = (f"{large} models need inputs over {MAX_SIZE} px, "
+                               f"{broken} cannot be built")
+            print(f"{module}: skipped ({skipped[module]})", flush=True)
+            continue
+        name = min(sizes, key=lambda n: (sizes[n][0], n))
+        params, size = sizes[name]
+        chosen.append({"module": module, "model": name, "params": params, "input_size": list(size)})
+        print(f"{module}: {name} ({params / 1e6:.1f} M parameters, input {size}) "
+              f"of {len(sizes)} models", flush=True)
+    from fxprune import atomic
+
+    atomic.write_text(path, json.dumps({"timm": timm.__version__, "max_input_px": MAX_SIZE,
+                                        "models": chosen, "skipped": skipped}, indent=1) + "\n")
+    print(f"wrote {path}: {len(chosen)} models, {len(skipped)} modules skipped")
+
+
+def timm_names() -> list[str]:
+    return [m["model"] for m in json.loads(TIMM_MODELS.read_text())["models"]]
+
+
+FX_KEYS = ["traced", "analysed", "pruned", "zero_equivalent", "onnx_parity"]
+TP_KEYS = ["graph", "pruned", "forward", "onnx"]
+
+
 def cell(r: dict, keys: list[str]) -> str:
     if "error" in r:
         done = [k for k in keys if r.get(k)]
@@ -121,47 +257,106 @@ def cell(r: dict, keys: list[str]) -> str:
     return "yes" if all(r.get(k) for k in keys) else "no: " + ", ".join(k for k in keys if not r.get(k))
 
 
+def share(r: dict) -> str:
+    return f"{r['share']:.3f}" if r.get("share") is not None else "-"
+
+
+def held(r: dict, keys: list[str]) -> bool:
+    return "error" not in r and all(r.get(k) for k in keys)
+
+
+def summarise(rows: list[dict]) -> None:
+    """Per side, how far the models got; then fxprune's share against Torch-Pruning's."""
+    sides = (("fxprune", "fxprune", ["traced"], ["pruned"], ["zero_equivalent", "onnx_parity"]),
+             ("Torch-Pruning", "torch_pruning", ["graph"], ["pruned"], ["forward", "onnx"]))
+    n = len(rows)
+    for title, key, traced, pruned, verified in sides:
+        counts = [sum(all(r[key].get(k) for k in keys) for r in rows) for keys in (traced, pruned)]
+        counts.append(sum(held(r[key], verified) for r in rows))
+        print(f"{title}: traced {counts[0]} of {n}, pruned {counts[1]} of {n}, "
+              f"verified {counts[2]} of {n}")
+    # rows written before the share columns existed (fxprune ran through, no share) are left out
+    compared = [r for r in rows if "share" in r["fxprune"] or "error" in r["fxprune"]]
+    below = []
+    for r in compared:
+        fx, tp = r["fxprune"].get("share"), r["torch_pruning"]
+        # a share counts where the pruned model ran: channels touched by a pruning that
+        # broke the forward were not prunable
+        bar = tp["share"] if tp.get("forward") else SHARE_FLOOR
+        if fx is None or fx < bar:
+            below.append(r)
+    print(f"fxprune's share >= Torch-Pruning's (>= {SHARE_FLOOR} where Torch-Pruning's pruned "
+          f"model did not run): {len(compared) - len(below)} of {len(compared)}")
+    for r in below:
+        fx, tp = r["fxprune"], r["torch_pruning"]
+        why = fx.get("frozen_reason") or fx.get("error", "-")
+        print(f"  {r['model']}: fxprune {share(fx)}, Torch-Pruning {share(tp)}; {why}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
     parser.add_argument("--models")
+    parser.add_argument("--list", action="store_true",
+                        help=f"timm: choose one model per architecture module into {TIMM_MODELS}")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap per side")
-    parser.add_argument("--json", default="benchmarks/results/coverage.json")
+    parser.add_argument("--json", help="default: benchmarks/results/coverage.json (torchvision), "
+                                       "coverage_timm.json (timm)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
+    parser.add_argument("--table", action="store_true",
+                        help="print the table and summary of the rows in --json (or of --models); run nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.side, args.cap_gb)))
+        print(json.dumps(one(args.zoo, args.one, args.side, args.cap_gb)))
+        return 0
+    if args.list:
+        if args.zoo != "timm":
+            parser.error("--list chooses timm's models: give --zoo timm")
+        list_timm_models(TIMM_MODELS)
         return 0
     from fxprune import atomic
 
-    names = (args.models.split(",") if args.models
-             else torchvision.models.list_models(module=torchvision.models))
-    fx_keys = ["traced", "analysed", "pruned", "zero_equivalent", "onnx_parity"]
-    tp_keys = ["graph", "pruned", "forward", "onnx"]
-    print("| model | fxprune: traced, analysed, pruned, slim == zeroed, ONNX parity "
-          "| Torch-Pruning: graph, pruned 30%, forward, ONNX |")
-    print("|---|---|---|")
+    json_path = args.json or ("benchmarks/results/coverage.json" if args.zoo == "torchvision"
+                              else "benchmarks/results/coverage_timm.json")
     done = {}
-    if not args.fresh and Path(args.json).exists():
-        done = {r["model"]: r for r in json.loads(Path(args.json).read_text())}
+    if not args.fresh and Path(json_path).exists():
+        done = {r["model"]: r for r in json.loads(Path(json_path).read_text())}
+    if args.models:
+        names = args.models.split(",")
+    elif args.table:
+        names = list(done)
+    elif args.zoo == "timm":
+        names = timm_names()
+    else:
+        names = torchvision.models.list_models(module=torchvision.models)
+    print("| model | fxprune: traced, analysed, pruned, slim == zeroed, ONNX parity | fxprune share "
+          "| Torch-Pruning: graph, pruned 30%, forward, ONNX | Torch-Pruning share |")
+    print("|---|---|---:|---|---:|")
     rows = []
     for name in names:
         row = done.get(name)
-        if row is None or args.models:
-            row = {"model": name, "fxprune": run(name, "fxprune", args.timeout, args.cap_gb),
-                   "torch_pruning": run(name, "tp", args.timeout, args.cap_gb)}
+        if args.table and row is None:
+            continue
+        if not args.table and (row is None or args.models):
+            row = {"model": name,
+                   "fxprune": run(args.zoo, name, "fxprune", args.timeout, args.cap_gb),
+                   "torch_pruning": run(args.zoo, name, "tp", args.timeout, args.cap_gb)}
         rows.append(row)
-        keep = rows + [r for n, r in done.items() if n not in {x["model"] for x in rows}]
-        atomic.write_text(args.json, json.dumps(keep, indent=1))
-        print(f"| {name} | {cell(row['fxprune'], fx_keys)} | {cell(row['torch_pruning'], tp_keys)} |",
+        if not args.table:
+            keep = rows + [r for n, r in done.items() if n not in {x["model"] for x in rows}]
+            atomic.write_text(json_path, json.dumps(keep, indent=1))
+        fx, tp = row["fxprune"], row["torch_pruning"]
+        print(f"| {name} | {cell(fx, FX_KEYS)} | {share(fx)} | {cell(tp, TP_KEYS)} | {share(tp)} |",
               flush=True)
-    ok_fx = sum("error" not in r["fxprune"] and all(r["fxprune"].get(k) for k in fx_keys) for r in rows)
-    ok_tp = sum("error" not in r["torch_pruning"] and all(r["torch_pruning"].get(k) for k in tp_keys)
-                for r in rows)
+    ok_fx = sum(held(r["fxprune"], FX_KEYS) for r in rows)
+    ok_tp = sum(held(r["torch_pruning"], TP_KEYS) for r in rows)
     print(f"\nall steps held: fxprune {ok_fx} of {len(rows)}, Torch-Pruning {ok_tp} of {len(rows)}")
-    print(f"wrote {args.json}")
+    summarise(rows)
+    if not args.table:
+        print(f"wrote {json_path}")
     return 0
 
 

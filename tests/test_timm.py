@@ -2,9 +2,10 @@
 
 Per model (random weights, all-zero layers given small random values, the model's own input
 size): traced and analysed; at least 80% of its conv/linear output channels in prunable
-groups (`fxprune.coverage`); 30% of every exact group removed at random gives the zeroed
-original (1e-5 relative); 30% of every prunable group removed runs with the original output
-shape. The fast subset (about ten families, a few seconds each) runs by default; every other
+groups (`fxprune.coverage`; all but the classes where those alone are over a fifth); 30% of
+every exact group removed at random gives the zeroed original (1e-5 relative); 30% of every
+prunable group removed runs with the original output shape. The fast subset (twelve
+families, a few seconds each) runs by default; every other
 model of benchmarks/timm_models.json (`benchmarks/coverage.py --zoo timm --list`) runs with
 `pytest -m sweep`.
 """
