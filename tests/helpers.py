@@ -33,3 +33,27 @@ def assert_equivalent(a: object, b: object, x: object, *, rtol: float = 1e-5) ->
     scale = out_b.abs().max().clamp_min(1e-12)
     diff = (out_a - out_b).abs().max() / scale
     assert diff <= rtol, f"outputs differ by {float(diff):.3g} (relative), more than {rtol}"
+
+
+def count_params(model: object) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_prunes_to_the_zeroed_function(gm: object, graph: fxprune.ChannelGraph, x: object,
+                                         out_shape: tuple[int, ...]) -> None:
+    """30% of every exact group removed at random gives the zeroed original, and a smaller
+    model; 30% of every prunable group removed runs, smaller, with the original output shape."""
+    import torch
+
+    from fxprune.passes.plan import random_request
+
+    exact = random_request(graph, 0.3, 0, exact_only=True)
+    assert any(exact.values()), "nothing to compare slim and zeroed on"
+    slim = fxprune.prune_channels(gm, graph, exact)
+    assert_equivalent(slim, fxprune.zero_channels(gm, graph, exact), x)
+    assert count_params(slim) < count_params(gm)
+    everything = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
+    with torch.no_grad():
+        out = everything(x)
+    assert tuple(out.shape) == tuple(out_shape) and torch.isfinite(out).all()
+    assert count_params(everything) < count_params(gm)

@@ -55,8 +55,9 @@ def format_table(graph: ChannelGraph) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    shape = parse_shape(args.input_shape) if args.input_shape else None  # refused before loading
     model = load_model(args.model)
-    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model, model)
+    shape = shape or default_shape(args.model, model)
     start = time.perf_counter()
     gm = trace(model, example_input(shape, args.input_dtype))
     graph = analyze(gm, strict=args.strict)
@@ -84,8 +85,9 @@ def _export(args: argparse.Namespace) -> int:
     from fxprune.export.deploy import deploy_report
     from fxprune.export.onnx import export_onnx
 
+    shape = parse_shape(args.input_shape) if args.input_shape else None  # refused before loading
     model = load_model(args.model)
-    shape = parse_shape(args.input_shape) if args.input_shape else default_shape(args.model, model)
+    shape = shape or default_shape(args.model, model)
     x = example_input(shape, args.input_dtype)
     report = export_onnx(model, x, args.output, opset=args.opset,
                          dynamic_batch=not args.static_batch, check=not args.no_check)
