@@ -327,7 +327,7 @@ def main() -> int:
     if args.models:
         names = args.models.split(",")
     elif args.table:
-        names = list(done)
+        names = sorted(done)
     elif args.zoo == "timm":
         names = timm_names()
     else:
