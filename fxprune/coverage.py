@@ -31,14 +31,13 @@ def coverage(gm: torch.fx.GraphModule, graph: ChannelGraph) -> Coverage:
     weights: dict[str, int] = {}  # the producers' weights -> their output-channel dim
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            entry = ops.lookup_module(module)
-            if entry is not None and entry.produces is not None and "weight" in entry.out_params:
-                weights[f"{node.target}.weight"] = entry.out_params["weight"]
+            entry, weight = ops.lookup_module(gm.get_submodule(node.target)), f"{node.target}.weight"
         elif node.op == "get_attr" and node.target.endswith(".weight") and OWNER_KEY in node.meta:
-            entry = ops.parameter_layout(node.meta[OWNER_KEY].cls)
-            if entry is not None and entry.produces is not None and "weight" in entry.out_params:
-                weights[node.target] = entry.out_params["weight"]
+            entry, weight = ops.parameter_layout(node.meta[OWNER_KEY].cls), node.target
+        else:
+            continue
+        if entry is not None and entry.produces is not None and "weight" in entry.out_params:
+            weights[weight] = entry.out_params["weight"]
     params = dict(gm.named_parameters())
     total = sum(params[w].shape[d] for w, d in weights.items() if w in params)
     covered = sum(len(m.positions) for g in graph.prunable for m in g.params

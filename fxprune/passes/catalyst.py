@@ -221,11 +221,12 @@ def group_slices(gm: nn.Module, group: ChannelGroup, target: str) -> list[Slice]
 
 def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list:
     params = dict(gm.named_parameters())
+    nodes = {n.name: n for n in gm.graph.nodes}
     out = []
     for m in group.params:
         if m.role == "in" or m.param not in params:
             continue
-        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, m):
+        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, nodes, m):
             continue
         if target == "bn-scale" and not m.param.endswith(".weight"):
             continue
@@ -237,11 +238,12 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     return out
 
 
-def _owned_by_norm(gm: torch.fx.GraphModule, member: Member) -> bool:
+def _owned_by_norm(gm: torch.fx.GraphModule, nodes: dict[str, torch.fx.Node],
+                   member: Member) -> bool:
     """Whether a parameter belongs to a norm layer: a call_module's, or one read through
     functional ops whose owner derives from a norm (timm's BatchNormAct2d)."""
     if member.role == "bare":
-        node = next((n for n in gm.graph.nodes if n.name == member.node), None)
+        node = nodes.get(member.node)
         owner = node.meta.get(OWNER_KEY) if node is not None else None
         entry = ops.parameter_layout(owner.cls) if owner is not None else None
     elif "." in member.param:
