@@ -33,7 +33,7 @@ each with the reason of its largest frozen group.
 
 Rows are written to the JSON file as each model finishes; a rerun keeps the rows already
 there (so a killed sweep resumes) unless --fresh is given; models named in --models are
-always rerun.
+always rerun (``--sides fxprune`` reruns only fxprune's side, keeping Torch-Pruning's).
 """
 
 from __future__ import annotations
@@ -306,6 +306,8 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
     parser.add_argument("--table", action="store_true",
                         help="print the table and summary of the rows in --json (or of --models); run nothing")
+    parser.add_argument("--sides", default="fxprune,tp",
+                        help="rerun only these sides (fxprune, tp); a row keeps the other's result")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,9 +343,12 @@ def main() -> int:
         if args.table and row is None:
             continue
         if not args.table and (row is None or args.models):
+            sides = args.sides.split(",") if row is not None else ["fxprune", "tp"]
             row = {"model": name,
-                   "fxprune": run(args.zoo, name, "fxprune", args.timeout, args.cap_gb),
-                   "torch_pruning": run(args.zoo, name, "tp", args.timeout, args.cap_gb)}
+                   "fxprune": (run(args.zoo, name, "fxprune", args.timeout, args.cap_gb)
+                               if "fxprune" in sides else row["fxprune"]),
+                   "torch_pruning": (run(args.zoo, name, "tp", args.timeout, args.cap_gb)
+                                     if "tp" in sides else row["torch_pruning"])}
         rows.append(row)
         if not args.table:
             keep = rows + [r for n, r in done.items() if n not in {x["model"] for x in rows}]

@@ -212,7 +212,8 @@ torch.fx.wrap("_opaque")
 
 
 class Frozen(nn.Module):
-    """Channels that meet a mean or softmax over channels, or an unknown function."""
+    """Channels that lose their identity: values moved along the channel dim (cumsum), an index
+    into it (max's indices), an unknown function; and a group that reaches the output."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -220,9 +221,72 @@ class Frozen(nn.Module):
         self.free, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.a(x).mean(1, keepdim=True)
-        b = self.b(x).softmax(dim=1)
-        return self.head(F.relu(self.free(x)) + b + _opaque(self.c(x))) + a
+        a = self.a(x).cumsum(1)
+        values, index = self.b(x).max(1, keepdim=True)
+        return self.head(F.relu(self.free(x)) + a + _opaque(self.c(x))) + values * index
+
+
+class ChannelReductions(nn.Module):
+    """Reductions over channels: a sum and an L2 normalisation are exact (a zeroed channel adds
+    nothing); an RMS norm written out (mean of squares), a softmax and CBAM's channel mean and
+    max are inexact (a zeroed channel still counts); none of them freezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rms_in, self.rms_w = nn.Conv2d(3, 6, 1), nn.Parameter(torch.rand(6) + 0.5)
+        self.soft, self.unit, self.sum = nn.Conv2d(3, 5, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 3, 1)
+        self.cbam, self.spatial = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 1, 3, padding=1)
+        self.head = nn.Linear(19, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.rms_in(x)
+        r = r * torch.rsqrt(r.pow(2).mean(1, keepdim=True) + 1e-6) * self.rms_w.view(1, -1, 1, 1)
+        s = self.soft(x).softmax(dim=1)
+        u = F.normalize(self.unit(x), dim=1)
+        c = self.cbam(x)
+        pooled = torch.cat([c.mean(1, keepdim=True), c.amax(1, keepdim=True)], 1)
+        c = c * torch.sigmoid(self.spatial(pooled))
+        t = self.sum(x).sum(1, keepdim=True)
+        return self.head(torch.cat([r, s, u, c], 1).mean((2, 3))) + t.mean((2, 3))
+
+
+class SizedHeads(nn.Module):
+    """XCiT's and CoaT's attention: qkv split into heads by a size computed from the input's
+    width (``C // heads``, another group's channels than qkv's), and merged back to that width:
+    surgery writes those sizes as literals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 2
+        self.embed, self.qkv = nn.Linear(3, 8), nn.Linear(8, 24)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.head(x + self.proj(y))
+
+
+class Aggregate(nn.Module):
+    """CoaT's head: three branches stacked as a Conv1d's channels, so that their own channels
+    lie along its length (pointwise there: they pass through); and a conv that slides along
+    channels (they are frozen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 6), nn.Linear(3, 6), nn.Linear(3, 6)
+        self.aggregate = nn.Conv1d(3, 1, 1)
+        self.slide, self.smear = nn.Linear(3, 4), nn.Conv1d(1, 1, 3, padding=1)
+        self.head, self.tail = nn.Linear(6, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.aggregate(torch.stack([self.a(x), self.b(x), self.c(x)], dim=1)).squeeze(1)
+        z = self.smear(self.slide(x).unsqueeze(1)).squeeze(1)
+        return self.head(y) + self.tail(z)
 
 
 class Functional(nn.Module):
@@ -268,7 +332,8 @@ class Subclassed(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.bn, self.b = StdConv(3, 8, 3, padding=1), BatchNormAct(8), StdConv(8, 4, 1)
+        self.a, self.bn = StdConv(3, 8, 3, padding=1), BatchNormAct(8)
+        self.b = StdConv(8, 4, 3, padding=1)  # standardising over one input needs a kernel
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +355,9 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "hand_attention": (HandAttention, (2, 5, 8), torch.float32),
     "shuffle": (Shuffle, (2, 3, 4, 4), torch.float32),
     "frozen": (Frozen, (2, 3, 4, 4), torch.float32),
+    "channel_reductions": (ChannelReductions, (2, 3, 4, 4), torch.float32),
+    "sized_heads": (SizedHeads, (2, 5, 3), torch.float32),
+    "aggregate": (Aggregate, (2, 3), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }

@@ -98,11 +98,33 @@ EXPECTED = {
         S("head.weight:0", "head.bias:0"): (2, F, EXACT),
     },
     "frozen": {
-        S("a.weight:0", "a.bias:0"): (4, F, EXACT),
+        S("a.weight:0", "a.bias:0", "free.weight:0", "free.bias:0"): (4, F, EXACT),
         S("b.weight:0", "b.bias:0"): (4, F, EXACT),
-        S("free.weight:0", "free.bias:0"): (4, F, EXACT),
         S("c.weight:0", "c.bias:0"): (4, F, EXACT),
         S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "channel_reductions": {
+        S("rms_in.weight:0", "rms_in.bias:0", "rms_w:0", "head.weight:1"): (6, P, INEXACT),
+        S("soft.weight:0", "soft.bias:0", "head.weight:1"): (5, P, INEXACT),
+        S("unit.weight:0", "unit.bias:0", "head.weight:1"): (4, P, EXACT),
+        S("cbam.weight:0", "cbam.bias:0", "head.weight:1"): (4, P, INEXACT),
+        S("sum.weight:0", "sum.bias:0"): (3, P, EXACT),
+        S("spatial.weight:0", "spatial.bias:0"): (1, F, EXACT),
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "sized_heads": {
+        S("embed.weight:0", "embed.bias:0", "qkv.weight:1", "proj.weight:0", "proj.bias:0",
+          "head.weight:1"): (8, P, EXACT),
+        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (4, P, EXACT),  # one per head, q k v
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
+    "aggregate": {
+        S("a.weight:0", "a.bias:0", "b.weight:0", "b.bias:0", "c.weight:0", "c.bias:0",
+          "head.weight:1"): (6, P, EXACT),
+        S("slide.weight:0", "slide.bias:0"): (4, F, EXACT),
+        S("aggregate.weight:0", "aggregate.bias:0"): (1, F, EXACT),
+        S("smear.weight:0", "smear.bias:0"): (1, F, EXACT),
+        S("head.weight:0", "head.bias:0", "tail.weight:0", "tail.bias:0"): (2, F, EXACT),
     },
     # the same couplings as the modules they stand for; no group for the kernel dims
     "functional": {
@@ -192,8 +214,8 @@ def test_groupnorm_and_pixel_shuffle_remove_whole_units() -> None:
 @pytest.mark.parametrize(
     ("param", "reason"),
     [
-        ("a.weight", "reduces over its channel dim 1 at %mean"),
-        ("b.weight", "normalises over its channel dim 1 at %softmax"),
+        ("a.weight", "moves values over its channel dim 1 at %cumsum"),
+        ("b.weight", "takes indices over its channel dim 1 at %max"),
         ("c.weight", "unknown op _opaque"),
         ("head.weight", "reaches the model output"),
     ],
@@ -232,3 +254,8 @@ def test_graph_is_annotated_and_left_unchanged() -> None:
     node = next(n for n in gm.graph.nodes if n.name == "add")
     held = node.meta["fxprune.groups"].dims
     assert held == ((1, (group_with(graph, "stem.0.weight", 0).id,)),)
+
+
+def test_a_conv_sliding_along_channels_freezes_them() -> None:
+    g = group_with(analyze("aggregate"), "slide.weight", 0)
+    assert not g.prunable and "a conv slides over channels along dim 2 at %smear" in g.reason

@@ -26,9 +26,10 @@ from fxprune.pruner import CatalystPruner, spearman
 
 # target="bn" catalyses only groups holding a norm layer's per-channel parameters: BatchNorm
 # (residual's two groups), GroupNorm and InstanceNorm (norms' two), LayerNorm (channels_last's
-# stem group; its MLP group has none), and a BatchNorm2d subclass that calls F.batch_norm
-# (subclassed's first group). The functional model's statistics belong to no norm layer.
-NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1}
+# stem group; its MLP group has none), a BatchNorm2d subclass that calls F.batch_norm
+# (subclassed's first group), and bare parameters passed to F.batch_norm and F.group_norm
+# (functional's two groups; an RMS norm written out of a mean is no norm layer).
+NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1, "functional": 2}
 EXTENDED = [(n, "group") for n in sorted(set(MODELS) - NO_PRUNABLE_GROUP)] + [
     (n, "bn") for n in sorted(NORM_GROUPS)]
 

@@ -56,6 +56,29 @@ def test_every_prunable_group_can_shrink_and_the_model_still_runs(name: str) -> 
         assert _params(slim) < _params(gm)
 
 
+@pytest.mark.parametrize("name", sorted(set(MODELS) - NO_PRUNABLE_GROUP))
+def test_every_prunable_group_prunes_on_its_own(name: str) -> None:
+    """What `analyze` calls prunable can be pruned alone, by one channel or all but one (where
+    a split does not then empty a piece: the plan refuses that by name), and where exact the
+    slim model is the zeroed one (other groups' sizes must not go stale)."""
+    gm, graph, x = _prepare(name)
+    with torch.no_grad():
+        before = gm(x)
+    for g in graph.prunable:
+        for channels in ([g.channels - 1], list(range(1, g.channels))):
+            remove = {g.id: channels}
+            try:
+                slim = fxprune.prune_channels(gm, graph, remove)
+            except fxprune.PruneError as exc:
+                assert len(channels) > 1 and "keep at least one there" in str(exc)
+                continue
+            if g.exact:
+                assert_equivalent(slim, fxprune.zero_channels(gm, graph, remove), x)
+            with torch.no_grad():
+                out = slim(x)
+            assert out.shape == before.shape and torch.isfinite(out).all()
+
+
 def test_slim_modules_report_their_new_sizes() -> None:
     gm, graph, x = _prepare("grouped_conv")
     g = group_with(graph, "g.weight", 0)  # 3 units of 4 conv groups, depthwise after it

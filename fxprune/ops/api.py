@@ -18,6 +18,10 @@ from fxprune.errors import AnalysisError, describe
 from fxprune.ops.flow import UNTRACKED, Atoms, Flow
 
 Rule = Callable[["Context", "Op"], object]
+# node.meta key, written by analysis on a view/reshape/expand: the output dims whose size
+# argument is computed from channel counts in a way surgery cannot keep right (another group's
+# width), so surgery writes the new size there as a literal.
+CHANNEL_SIZED_KEY = "fxprune.channel_sized"
 # After surgery sliced the parameters: fix a module's size attributes / a node's constants.
 Sync = Callable[[nn.Module, "Resize", torch.fx.Node], None]
 Rewrite = Callable[["Resize", torch.fx.Node], None]

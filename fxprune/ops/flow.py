@@ -215,13 +215,29 @@ def permute(flow: Flow, order: Sequence[int]) -> Flow:
     return Flow({where[d]: ids for d, ids in flow.dims.items()})
 
 
+def across(atoms: Atoms, flow: Flow, ndim: int, dims: Iterable[int] | None, why: str,
+           over_channels: str = "inexact", kind: str = "reduces") -> set[int]:
+    """An op that combines values across `dims` (None: all): reductions, softmax, cumsum.
+    Returns the dims. What it does to the channels of a channel dim among them, by
+    `over_channels`: ``"exact"`` where a zeroed channel adds nothing (sum, p-norms), so
+    removing it changes nothing either; ``"inexact"`` where the result still follows the
+    channels but a zeroed one would have counted (mean, var, max, softmax: removal is not
+    zeroing); ``"freeze"`` where channels lose their identity (values moved along the dim, an
+    index into it)."""
+    across = set(range(ndim)) if dims is None else {d % ndim for d in dims}
+    for d in across & set(flow.dims):
+        if over_channels == "freeze":
+            atoms.freeze(flow.dims[d], f"{kind} over its channel dim {d} at {why}")
+        elif over_channels == "inexact":
+            atoms.mark_inexact(flow.dims[d], f"{kind} over its channel dim {d} at {why}, where a "
+                                             "zeroed channel still counts")
+    return across
+
+
 def reduce(atoms: Atoms, flow: Flow, ndim: int, dims: Iterable[int] | None, keepdim: bool,
-           why: str, kind: str = "reduces") -> Flow:
-    """Reductions (mean, sum, softmax, ...) over `dims` (None: all). Reducing over a channel dim
-    mixes channels in a way surgery cannot follow: those channels are frozen."""
-    reduced = set(range(ndim)) if dims is None else {d % ndim for d in dims}
-    for d in reduced & set(flow.dims):
-        atoms.freeze(flow.dims[d], f"{kind} over its channel dim {d} at {why}")
+           why: str, over_channels: str = "inexact", kind: str = "reduces") -> Flow:
+    """Reductions (mean, sum, max, ...) over `dims` (None: all); see `across`."""
+    reduced = across(atoms, flow, ndim, dims, why, over_channels, kind)
     if keepdim:
         return Flow({d: ids for d, ids in flow.dims.items() if d not in reduced})
     kept = [d for d in range(ndim) if d not in reduced]
@@ -294,30 +310,41 @@ def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequen
 
 
 def sized_by(atoms: Atoms, out: Flow, dim: int, size: SizeOf, flows: Mapping[object, object],
-             why: str) -> None:
+             why: str) -> bool:
     """Output `dim` of a view/expand has a size read from other tensors at run time: after
-    surgery both sides must still have equal sizes. They do when every channel appears as
-    often on one side as on the other; otherwise couple them index by index, or freeze."""
+    surgery it must still be the output's size.
+
+    Read from channel dims only, it follows the output where every channel appears as often on
+    one side as on the other (``x.shape[1]``) or the size is computed from channels of the
+    output's own group (``c // heads``). Otherwise (another group's width, a dim without
+    channels where the output has some, or both) the size cannot follow: returns True when
+    surgery can write the new size as a literal (it came from channels alone, so it never varies
+    with the input), and freezes the channels where it cannot (a size that mixes channels with
+    spatial or batch sizes, or channels sized by a dim without channels).
+    """
     out_ids = out.dims.get(dim)
+    sources = []
     for src, d in size.sources:
         flow = flows.get(src)
-        src_ids = flow.dims.get(d) if isinstance(flow, Flow) else None
-        if out_ids is None and src_ids is None:
-            continue
-        if out_ids is None or src_ids is None:
-            atoms.freeze(out_ids if out_ids is not None else src_ids,
-                         f"a size read from a dim without channels shapes channels at {why}")
-            continue
-        if not size.exact:  # c // heads and the like: proportional when in one group
-            if atoms.group.roots(out_ids[:1])[0] != atoms.group.roots(src_ids[:1])[0]:
-                for ids in (out_ids, src_ids):
-                    atoms.freeze(ids, f"a size computed from another group's channels at {why}")
-            continue
-        if not _same_counts(atoms, out_ids, src_ids) and len(out_ids) == len(src_ids):
-            atoms.union(out_ids, src_ids)
-        if not _same_counts(atoms, out_ids, src_ids):
-            for ids in (out_ids, src_ids):
-                atoms.freeze(ids, f"a size read from other channels shapes channels at {why}")
+        sources.append(flow.dims.get(d) if isinstance(flow, Flow) else None)
+    if all(ids is None for ids in sources):
+        if out_ids is not None:
+            atoms.freeze(out_ids, f"a size read from a dim without channels shapes channels at {why}")
+        return False
+    if any(ids is None for ids in sources):
+        for ids in [out_ids, *sources]:
+            if ids is not None:
+                atoms.freeze(ids, f"a size computed from channels and other sizes at {why}")
+        return False
+    if out_ids is None:
+        return True
+
+    def follows(src_ids: np.ndarray) -> bool:
+        if size.exact:
+            return _same_counts(atoms, out_ids, src_ids)
+        return atoms.group.roots(out_ids[:1])[0] == atoms.group.roots(src_ids[:1])[0]
+
+    return not all(follows(ids) for ids in sources)
 
 
 def _same_counts(atoms: Atoms, a: np.ndarray, b: np.ndarray) -> bool:

@@ -7,11 +7,13 @@ inexact through ``cx.atoms``, and returns the flow of the op's output.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
 from fxprune.ops import flow as fl
-from fxprune.ops.api import Context, Op, Rule
+from fxprune.ops.api import CHANNEL_SIZED_KEY, Context, Op, Rule
 from fxprune.ops.flow import UNTRACKED, Flow
 
 
@@ -54,13 +56,20 @@ def _sizes(cx: Context) -> list[object]:
 
 
 def _sized(flow: Flow, cx: Context) -> Flow:
-    """Couple output dims whose size is read at run time from other tensors' sizes."""
+    """Output dims whose size is read at run time from other tensors' sizes: those that surgery
+    must write as literals are recorded on the node (`CHANNEL_SIZED_KEY`)."""
     sizes = _sizes(cx)
+    literal = []
     if len(sizes) == len(cx.out_shape):
         for dim, size in enumerate(sizes):
             value = cx.flow(size)
-            if isinstance(value, fl.SizeOf):
-                fl.sized_by(cx.atoms, flow, dim, value, cx.flows, cx.where)
+            if isinstance(value, fl.SizeOf) and fl.sized_by(cx.atoms, flow, dim, value, cx.flows,
+                                                            cx.where):
+                literal.append(dim)
+    if literal:
+        cx.node.meta[CHANNEL_SIZED_KEY] = tuple(literal)
+    else:
+        cx.node.meta.pop(CHANNEL_SIZED_KEY, None)
     return flow
 
 
@@ -98,15 +107,29 @@ def movedim(cx: Context, op: Op) -> Flow:
     return fl.permute(cx.tflow(0), order)
 
 
-def reduce_dims() -> Rule:
+def reduce_dims(over_channels: str, dim_at: int = 1) -> Rule:
+    """sum / mean / var / amax / max(x, dim) ...: see `fl.reduce` for `over_channels`. The dim
+    is argument `dim_at` (2 for ``norm(x, p, dim)``), keepdim the next.
+
+    max and min over channels also return indices into them; where those are read, the channels
+    are frozen (an index does not follow surgery). ``torch.max(a, b)`` is elementwise.
+    """
+
     def rule(cx: Context, op: Op) -> object:
         ndim = len(cx.shape(0))
-        dim = cx.arg(1, "dim", None)
-        keepdim = bool(cx.arg(2, "keepdim", False))
+        dim = cx.arg(dim_at, "dim", None)
+        if isinstance(dim, torch.fx.Node):
+            return elementwise(cx, op)
+        keepdim = bool(cx.arg(dim_at + 1, "keepdim", False))
         dims = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
-        out = fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, keepdim, cx.where)
         meta = cx.node.meta.get("tensor_meta")
-        return out if hasattr(meta, "shape") else (out, out)  # max(x, dim): (values, indices)
+        if hasattr(meta, "shape"):
+            return fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, keepdim, cx.where, over_channels)
+        indices_read = any(u.target is not operator.getitem or u.args[1] != 0 for u in cx.node.users)
+        out = fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, keepdim, cx.where,
+                        "freeze" if indices_read else over_channels,
+                        "takes indices" if indices_read else "reduces")
+        return out, out  # (values, indices)
 
     return rule
 
@@ -114,13 +137,16 @@ def reduce_dims() -> Rule:
 def softmax(cx: Context, op: Op) -> Flow:
     ndim = len(cx.shape(0))
     dim = cx.module().dim if cx.node.op == "call_module" else cx.arg(1, "dim")
-    return fl.reduce(cx.atoms, cx.tflow(0), ndim, [dim], True, cx.where, kind="normalises")
+    fl.across(cx.atoms, cx.tflow(0), ndim, [dim], cx.where, kind="normalises")
+    return cx.tflow(0)
 
 
-def normalize(cx: Context, op: Op) -> Flow:  # F.normalize(x, p, dim=1)
-    ndim = len(cx.shape(0))
-    return fl.reduce(cx.atoms, cx.tflow(0), ndim, [cx.arg(2, "dim", 1)], True, cx.where,
-                     kind="normalises")
+def normalize(cx: Context, op: Op) -> Flow:
+    """F.normalize(x, p, dim=1): a zeroed channel adds nothing to the p-norm (p > 0)."""
+    p = cx.arg(1, "p", 2.0)
+    fl.across(cx.atoms, cx.tflow(0), len(cx.shape(0)), [cx.arg(2, "dim", 1)], cx.where,
+              "exact" if isinstance(p, (int, float)) and p > 0 else "inexact", kind="normalises")
+    return cx.tflow(0)
 
 
 def mixes_along(dim_arg: tuple[int, str]) -> Rule:
@@ -129,8 +155,9 @@ def mixes_along(dim_arg: tuple[int, str]) -> Rule:
     def rule(cx: Context, op: Op) -> Flow:
         ndim = len(cx.shape(0))
         dims = cx.arg(*dim_arg, None)
-        dims = list(range(ndim)) if dims is None else ([dims] if isinstance(dims, int) else dims)
-        return fl.reduce(cx.atoms, cx.tflow(0), ndim, dims, True, cx.where, kind="moves values")
+        dims = None if dims is None else ([dims] if isinstance(dims, int) else dims)
+        fl.across(cx.atoms, cx.tflow(0), ndim, dims, cx.where, "freeze", kind="moves values")
+        return cx.tflow(0)
 
     return rule
 
@@ -262,6 +289,26 @@ def _swapped(shape: tuple[int, ...]) -> list[int]:
 # --- parametrised ops --------------------------------------------------------------------------
 
 
+def _along_positions(cx: Context, kernel: tuple[int, ...], stride: object,
+                     padding: object) -> dict[int, np.ndarray]:
+    """Channels on a conv's batch or spatial dims (CoaT's aggregate: a Conv1d across stacked
+    features, whose length is the channels): kept where the conv is pointwise along that dim
+    (kernel 1, stride 1, no padding), frozen where it slides over them."""
+    def at(value: object, k: int) -> object:
+        return value[k] if isinstance(value, (tuple, list)) else value
+
+    out = {}
+    for d, ids in cx.tflow(0).dims.items():
+        if d == 1:
+            continue
+        k = d - 2
+        if d == 0 or kernel[k] == 1 and at(stride, k) == 1 and at(padding, k) in (0, "same", "valid"):
+            out[d] = ids
+        else:
+            cx.atoms.freeze(ids, f"a conv slides over channels along dim {d} at {cx.where}")
+    return out
+
+
 def conv(cx: Context, op: Op) -> Flow:
     m = cx.module()
     w_out, w_in = op.out_params["weight"], op.in_params["weight"]
@@ -286,7 +333,7 @@ def conv(cx: Context, op: Op) -> Flow:
         cx.member("weight", w_out, fl.fit(out, m.weight.shape[w_out]))
     if m.bias is not None:
         cx.member("bias", 0, out)
-    return Flow({1: out})
+    return Flow({**_along_positions(cx, m.kernel_size, m.stride, m.padding), 1: out})
 
 
 def linear(cx: Context, op: Op) -> Flow:
@@ -353,7 +400,9 @@ def functional_conv(cx: Context, op: Op) -> Flow:
                 cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
         cx.atoms.union(out, cx.tflow(bias).dims[0])
-    return Flow({1: out})
+    kernel = cx.shape(weight)[2:]
+    return Flow({**_along_positions(cx, kernel, cx.arg(3, "stride", 1), cx.arg(4, "padding", 0)),
+                 1: out})
 
 
 def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ...]) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.ops.api import Resize
+from fxprune.ops.api import CHANNEL_SIZED_KEY, Resize
 
 
 def sync_conv(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
@@ -57,15 +57,16 @@ def sync_unflatten(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
 
 
 def rewrite_sizes(rx: Resize, node: torch.fx.Node) -> None:
-    """view / reshape / expand: literal sizes that were a channel count become the new one."""
+    """view / reshape / expand: literal sizes that were a channel count become the new one, and
+    sizes computed from channels that cannot follow (`CHANNEL_SIZED_KEY`) become literals."""
     old, new = rx.old_shape(node), rx.new_shape(node)
-    if old == new:
+    literal = node.meta.get(CHANNEL_SIZED_KEY, ())
+    if old == new and not literal:
         return
-    first = 1
     packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
-    sizes = list(node.args[1] if packed else node.args[first:])
+    sizes = list(node.args[1] if packed else node.args[1:])
     for i, size in enumerate(sizes):
-        if isinstance(size, int) and size != -1 and size == old[i] and new[i] != old[i]:
+        if i in literal or isinstance(size, int) and size != -1 and size == old[i] != new[i]:
             sizes[i] = new[i]
     node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
 

@@ -81,7 +81,11 @@ _TRANSPOSE = Op(flow=rules.transpose)
 _PERMUTE = Op(flow=rules.permute)
 _MATMUL = Op(flow=rules.matmul)
 _CAT = Op(flow=rules.cat, fresh=True)
-_REDUCE = Op(flow=rules.reduce_dims())
+# Over channels: a zeroed channel adds nothing to a sum or a norm; it still counts in a mean,
+# a variance, a maximum (see `fl.reduce`).
+_SUM = Op(flow=rules.reduce_dims("exact"))
+_NORM = Op(flow=rules.reduce_dims("exact", dim_at=2))
+_REDUCE = Op(flow=rules.reduce_dims("inexact"))
 _SOFTMAX = Op(flow=rules.softmax)
 _DIVIDE = Op(flow=rules.divide)
 _INEXACT = Op(flow=rules.inexact_unary)
@@ -118,9 +122,10 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     operator.getitem: Op(flow=rules.getitem, rewrite=surgery.rewrite_index),
     **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
     F.scaled_dot_product_attention: Op(flow=rules.sdpa),
-    **dict.fromkeys((torch.mean, torch.sum, torch.std, torch.var, torch.logsumexp, torch.amax,
-                     torch.amin, torch.norm, torch.prod), _REDUCE),
-    **dict.fromkeys((torch.max, torch.min), _REDUCE),
+    torch.sum: _SUM,
+    torch.norm: _NORM,
+    **dict.fromkeys((torch.mean, torch.std, torch.var, torch.logsumexp, torch.amax, torch.amin,
+                     torch.prod, torch.max, torch.min), _REDUCE),
     **dict.fromkeys((torch.softmax, F.softmax, F.log_softmax, torch.log_softmax), _SOFTMAX),
     torch.cumsum: Op(flow=rules.mixes_along((1, "dim"))),
     torch.roll: Op(flow=rules.mixes_along((2, "dims"))),
@@ -167,9 +172,10 @@ METHODS: dict[str, Op] = {
     "select": Op(flow=rules.select, rewrite=surgery.rewrite_index),
     "repeat": Op(flow=rules.repeat),
     **dict.fromkeys(("matmul", "bmm"), _MATMUL),
-    **dict.fromkeys(("mean", "sum", "std", "var", "logsumexp", "amax", "amin", "norm", "prod"),
+    "sum": _SUM,
+    "norm": _NORM,
+    **dict.fromkeys(("mean", "std", "var", "logsumexp", "amax", "amin", "prod", "max", "min"),
                     _REDUCE),
-    **dict.fromkeys(("max", "min"), _REDUCE),
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
     "roll": Op(flow=rules.mixes_along((2, "dims"))),

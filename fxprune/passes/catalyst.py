@@ -18,6 +18,7 @@ with no conv/linear producer, or (``target="bn"``) no norm parameters, get no ca
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,7 +29,6 @@ from torch import nn
 from fxprune import ops
 from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
-from fxprune.trace import OWNER_KEY
 
 TARGETS = ("group", "bn")
 
@@ -226,10 +226,10 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     for m in group.params:
         if m.role == "in" or m.param not in params:
             continue
-        if target in ("bn", "bn-scale") and not _owned_by_norm(gm, nodes, m):
-            continue
-        if target == "bn-scale" and not m.param.endswith(".weight"):
-            continue
+        if target in ("bn", "bn-scale"):
+            role = _norm_argument(gm, nodes, m)
+            if role is None or target == "bn-scale" and role != "weight":
+                continue
         param = params[m.param]
         positions = torch.tensor(m.positions, dtype=torch.long, device=param.device)
         channels = torch.tensor(m.channels, dtype=torch.long, device=param.device)
@@ -238,19 +238,28 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     return out
 
 
-def _owned_by_norm(gm: torch.fx.GraphModule, nodes: dict[str, torch.fx.Node],
-                   member: Member) -> bool:
-    """Whether a parameter belongs to a norm layer: a call_module's, or one read through
-    functional ops whose owner derives from a norm (timm's BatchNormAct2d)."""
-    if member.role == "bare":
-        node = nodes.get(member.node)
-        owner = node.meta.get(OWNER_KEY) if node is not None else None
-        entry = ops.parameter_layout(owner.cls) if owner is not None else None
-    elif "." in member.param:
-        entry = ops.lookup_module(gm.get_submodule(member.param.rpartition(".")[0]))
-    else:
-        entry = None
-    return entry is not None and entry.norm
+def _norm_argument(gm: torch.fx.GraphModule, nodes: dict[str, torch.fx.Node],
+                   member: Member) -> str | None:
+    """The name under which a norm layer reads this parameter ("weight", "bias", ...), or None
+    where no norm reads it: a norm module's own attribute, or an argument of a functional norm
+    (timm's BatchNormAct2d, a hand-written ``F.batch_norm(x, m, v, self.scale, self.shift)``)."""
+    if member.role != "bare":
+        owner, _, name = member.param.rpartition(".")
+        entry = ops.lookup_module(gm.get_submodule(owner)) if owner else None
+        return name if entry is not None and entry.norm else None
+    node = nodes.get(member.node)
+    for user in node.users if node is not None else ():
+        entry = ops.lookup(user, None) if user.op == "call_function" else None
+        if entry is None or not entry.norm:
+            continue
+        try:
+            bound = inspect.signature(user.target).bind(*user.args, **user.kwargs)
+        except (TypeError, ValueError):  # a builtin without a Python signature
+            continue
+        for name, value in bound.arguments.items():
+            if value is node:
+                return name
+    return None
 
 
 def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx.Node, object]]:

@@ -21,7 +21,7 @@ import torch.fx
 from fxprune import ops
 from fxprune.errors import InputError, SurgeryError, describe
 from fxprune.graph import ChannelGraph
-from fxprune.ops.api import Resize, get_tensor, set_tensor
+from fxprune.ops.api import CHANNEL_SIZED_KEY, Resize, get_tensor, set_tensor
 from fxprune.passes.plan import plan
 from fxprune.trace import propagate_shapes
 
@@ -63,7 +63,8 @@ def prune_channels(
     for node in slim.graph.nodes:
         module = slim.get_submodule(node.target) if node.op == "call_module" else None
         entry = ops.lookup(node, module)
-        if entry is None or old[node.name] == new[node.name] and not _reads_pruned(node, old, new):
+        if entry is None or (old[node.name] == new[node.name] and not _reads_pruned(node, old, new)
+                             and CHANNEL_SIZED_KEY not in node.meta):
             continue
         if entry.sync is not None and module is not None:
             entry.sync(module, resize, node)
