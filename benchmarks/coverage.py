@@ -68,6 +68,8 @@ def build(zoo: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
     spec = f"{zoo}:{name}"
     model = load_model(spec)
+    if zoo == "timm" and getattr(model, "num_classes", None) == 0:
+        model.reset_classifier(1000)  # a feature model (DINOv3) gets the others' 1000 classes
     return model, torch.randn(default_shape(spec, model))
 
 
