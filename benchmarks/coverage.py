@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -295,6 +296,37 @@ def summarise(rows: list[dict]) -> None:
         print(f"  {r['model']}: fxprune {share(fx)}, Torch-Pruning {share(tp)}; {why}")
 
 
+def tp_outcome(tp: dict) -> str:
+    """How far Torch-Pruning got, in words."""
+    if held(tp, TP_KEYS):
+        return "yes"
+    error = tp.get("error", "")
+    if error.startswith(("timed out", "MemoryError", "crashed")):
+        return error.split(":")[0]
+    if tp.get("pruned"):
+        return "pruned model does not run" if not tp.get("forward") else "ONNX export fails"
+    return "fails pruning" if tp.get("graph") else "fails building its graph"
+
+
+def markdown(rows: list[dict]) -> None:
+    """README's table: both shares per model, and where fxprune's is below the bar, why."""
+    print("| model | fxprune share | verified | Torch-Pruning | its share | where fxprune is below: why |")
+    print("|---|---:|---|---|---:|---|")
+    for r in sorted(rows, key=lambda r: r["model"]):
+        fx, tp = r["fxprune"], r["torch_pruning"]
+        bar = tp["share"] if tp.get("forward") else SHARE_FLOOR
+        below = fx.get("share") is None or fx["share"] < bar
+        why = (fx.get("frozen_reason") or fx.get("error") or "-").split(" at %")[0] if below else ""
+        print(f"| {r['model']} | {share(fx)} | {'yes' if held(fx, FX_KEYS) else _short(cell(fx, FX_KEYS))} "
+              f"| {tp_outcome(tp)} | {share(tp) if tp.get('forward') else '-'} | {_short(why)} |")
+
+
+def _short(text: str, n: int = 100) -> str:
+    """One table cell: paths from site-packages on, at most `n` characters."""
+    text = re.sub(r"\S*site-packages/", "", text).replace("|", "/")
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
@@ -306,6 +338,8 @@ def main() -> int:
     parser.add_argument("--json", help="default: benchmarks/results/coverage.json (torchvision), "
                                        "coverage_timm.json (timm)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print README's table of the rows in --json; run nothing")
     parser.add_argument("--table", action="store_true",
                         help="print the table and summary of the rows in --json (or of --models); run nothing")
     parser.add_argument("--sides", default="fxprune,tp",
@@ -328,6 +362,9 @@ def main() -> int:
     done = {}
     if not args.fresh and Path(json_path).exists():
         done = {r["model"]: r for r in json.loads(Path(json_path).read_text())}
+    if args.markdown:
+        markdown(list(done.values()))
+        return 0
     if args.models:
         names = args.models.split(",")
     elif args.table:
