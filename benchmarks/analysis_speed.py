@@ -1,10 +1,13 @@
-"""Analysis speed: fxprune against Torch-Pruning on torchvision models.
+"""Analysis speed: fxprune against Torch-Pruning on torchvision and timm models.
 
-For each model (random weights, eval mode, one 1x3x224x224 input) this times
+A model is a torchvision classifier's name (``resnet50``) or ``timm:NAME`` (built by
+``timm.create_model(NAME, pretrained=False)``). For each (random weights, eval mode, one input of
+the model's own size: 1x3x224x224 for the default models) this times
 
 * fxprune: ``fxprune.trace(model, x)`` + ``fxprune.analyze(gm)`` + listing ``graph.groups``;
 * Torch-Pruning: ``tp.DependencyGraph().build_dependency(model, example_inputs=x)`` + listing
-  ``DG.get_all_groups(ignored_layers=[final classifier], root_module_types=[Conv2d, Linear])``.
+  ``DG.get_all_groups(ignored_layers=[classifier], root_module_types=[Conv2d, Linear])``, the
+  classifier being timm's ``get_classifier()``, or torchvision's last Linear.
 
 Denormal flushing is turned on, each tool is warmed up once per model, and then the median of
 ``--repeats`` runs is reported; the two tools alternate within each repeat (and swap order
@@ -13,7 +16,7 @@ and to ``benchmarks/results/analysis_speed.json`` (``--json`` to change).
 
 Run it from the repository root::
 
-    python benchmarks/analysis_speed.py [--models resnet50,vit_b_16] [--repeats 5]
+    python benchmarks/analysis_speed.py [--models resnet50,timm:vit_tiny_patch16_224] [--repeats 5]
 
 Torch-Pruning comes from the ``bench`` extra (``pip install -e .[bench]``); without it only the
 fxprune column is measured and Torch-Pruning is reported as "not installed".
@@ -38,13 +41,24 @@ import torchvision
 from torch import nn
 
 import fxprune
+from fxprune.app.model_specs import default_shape, load_model
 
 try:
     import torch_pruning as tp
 except ImportError:
     tp = None
 
-DEFAULT_MODELS = ("resnet50", "densenet121", "vit_b_16", "convnext_tiny", "efficientnet_b0")
+DEFAULT_MODELS = (
+    "resnet50",
+    "densenet121",
+    "vit_b_16",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "timm:resnet50",
+    "timm:vit_tiny_patch16_224",
+    "timm:convnext_tiny",
+    "timm:efficientnet_b0",
+)
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "analysis_speed.json"
 MIN_SPEEDUP = 5.0
 RESNET50_MAX_MS = 100.0
@@ -58,12 +72,22 @@ def run_fxprune(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {"groups": len(groups), "prunable": sum(g.prunable for g in groups)}
 
 
+def classifier(model: nn.Module) -> list[nn.Module]:
+    """The layers Torch-Pruning must leave alone (the classes): timm's ``get_classifier()`` (two
+    heads for distilled models), else the last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        heads = head if isinstance(head, tuple) else (head,)
+        return [h for h in heads if isinstance(h, nn.Module)]
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+
+
 def run_torch_pruning(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """Build Torch-Pruning's dependency graph and list every group rooted at a conv/linear."""
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    ignored = classifier(model)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
     groups = list(
-        dg.get_all_groups(ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear])
+        dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])
     )
     return {"groups": len(groups)}
 
@@ -78,11 +102,18 @@ def timed(
     return (time.perf_counter() - start) * 1e3, result
 
 
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The model `name` names (a torchvision classifier, or timm:NAME) in eval mode with random
+    weights, and a random input of its own size."""
+    spec = name if name.startswith("timm:") else f"torchvision:{name}"
+    model = load_model(spec)
+    return model, torch.randn(default_shape(spec, model))
+
+
 def bench_model(name: str, repeats: int) -> dict:
     """Warm up each tool once, then time `repeats` alternating runs of both."""
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
-    x = torch.randn(1, 3, 224, 224)
+    model, x = build(name)
     tools: dict[str, Callable[[nn.Module, torch.Tensor], dict[str, int]]] = {"fxprune": run_fxprune}
     out: dict[str, dict] = {"fxprune": {}, "torch_pruning": {}}
     if tp is None:
@@ -160,7 +191,9 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated torchvision model names"
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated models: torchvision names, or timm:NAME",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per tool and model")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
@@ -171,8 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_flush_denormal(True)
     # torch_pruning.__version__ lags the release (1.6.1 says "1.6.0"): ask the distribution.
     tp_version = importlib.metadata.version("torch-pruning") if tp is not None else "not installed"
+    try:
+        timm_version = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        timm_version = "not installed"
     print(
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm_version}, "
         f"torch-pruning {tp_version}, {torch.get_num_threads()} threads; "
         f"torch.set_flush_denormal(True); 1 warm-up + median of {args.repeats} "
         "alternating repeats (time.perf_counter)\n"
@@ -190,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
+            "timm": timm_version,
             "torch_pruning": tp_version,
             "python": platform.python_version(),
             "machine": platform.machine(),

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from fxprune import ops
 from fxprune.errors import (
@@ -32,6 +32,7 @@ from fxprune.errors import (
     describe,
     first_line,
 )
+from fxprune.ops.api import ShapeRule
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,51 @@ class _Tracer(torch.fx.Tracer):
         super().__init__()
         self.leaves = set(leaves)
         self.leaf_types = leaf_types
+        # id -> qualified name of the root's parameters, and of its buffers (made on first use)
+        self._names: tuple[dict[int, str], dict[int, str]] | None = None
+
+    # fx finds the name of a parameter or buffer that forward reads, or passes to an op, by
+    # walking all of the root's at every use: quadratic in the model's size. These two
+    # overrides look the name up instead, and leave a tensor not found to fx.
+
+    def getattr(self, attr: str, attr_val: object,
+                parameter_proxy_cache: dict[str, torch.fx.Proxy]) -> object:
+        name = self._name(attr_val, buffer=False) if isinstance(attr_val, torch.nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
+            name = self._name(attr_val, buffer=True)
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:  # param_shapes_constant is off: a plain proxy
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def create_arg(self, a: object) -> torch.fx.node.Argument:
+        if isinstance(a, torch.Tensor):
+            name = self._name(a, buffer=not isinstance(a, torch.nn.Parameter))
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def _name(self, value: torch.Tensor, buffer: bool) -> str | None:
+        """The name under which the root holds `value` as a parameter (or buffer): its first
+        in named_parameters() (named_buffers()) order, which is what fx's walk finds. None
+        where it holds no such tensor, or no longer under that name."""
+        if self._names is None:
+            self._names = ({id(p): n for n, p in self.root.named_parameters()},
+                           {id(b): n for n, b in self.root.named_buffers()})
+        name = self._names[buffer].get(id(value))
+        if name is None:
+            return None
+        # Check it is still there, through the modules' own dicts: fx patches getattr on
+        # modules while tracing, to call this tracer's.
+        *path, attr = name.split(".")
+        module: torch.nn.Module | None = self.root
+        for part in path:
+            module = module._modules.get(part)
+            if module is None:
+                return None
+        held = module._buffers if buffer else module._parameters
+        return name if held.get(attr) is value else None
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
@@ -76,7 +122,8 @@ class _Tracer(torch.fx.Tracer):
             return node  # made by fx itself: no user line to point at
         # fx's own record_stack_traces costs ~10x the trace; one frame is all errors need.
         frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIR):
+        while frame is not None and (frame.f_code.co_filename.startswith(_SKIP_DIR)
+                                     or frame.f_code in _FX_OVERRIDES):
             frame = frame.f_back
         # Reaching this module means the op was made by the tracer itself, outside the model.
         if frame is not None and frame.f_code.co_filename != __file__:
@@ -86,6 +133,10 @@ class _Tracer(torch.fx.Tracer):
                 f"in {frame.f_code.co_name}\n    {code}\n"
             )
         return node
+
+
+# The tracer's stand-ins for fx's own methods: their frames are fx's, not the user's line.
+_FX_OVERRIDES = frozenset({_Tracer.getattr.__code__, _Tracer.create_arg.__code__})
 
 
 def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, str] | None:
@@ -154,24 +205,49 @@ def _symbolic_trace(
 
 
 class _ShapeProp(torch.fx.Interpreter):
-    """Shape propagation on fake tensors: no real compute, so tracing stays cheap."""
+    """Shape propagation on fake tensors: no real compute, so tracing stays cheap.
 
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
+    With a `mode`, tensors read by get_attr nodes (parameters used directly in the graph) are
+    made fake once, up front: a real tensor among an op's inputs makes the fake mode convert it
+    again and skip its cache for that op.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, mode: FakeTensorMode | None = None) -> None:
         super().__init__(gm)
+        self.mode = mode
+        # Most nodes repeat a few layouts: their metadata is worked out once per layout.
+        self._layouts: dict[tuple[object, ...], TensorMetadata] = {}
+        # fetch_attr walks a dotted path per call: resolve each module name, and each module
+        # class's shape rule, once.
+        self._modules = dict(gm.named_modules(remove_duplicate=False))
+        self._shape_rules: dict[type, ShapeRule | None] = {}
         # run_node's InputError already names the node and the user's line; fx's extra
         # traceback would append them again, plus a pointer to tlparse, to the message.
         self.extra_traceback = False
 
+    def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
+        value = super().get_attr(target, args, kwargs)
+        if self.mode is not None and isinstance(value, torch.Tensor):
+            return self.mode.from_tensor(value)
+        return value
+
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
-        module = self.fetch_attr(target)
+        module = self._modules[target]
         if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
             # Fake kernels of common modules cost far more than the arithmetic of their shapes.
-            entry = ops.lookup_module(module)
-            shape = (entry.shape(module, tuple(args[0].shape))
-                     if entry is not None and entry.shape is not None else None)
+            rule = self._shape_rule(module)
+            shape = rule(module, tuple(args[0].shape)) if rule is not None else None
             if shape is not None:
-                return args[0].new_empty(shape)
-        return super().call_module(target, args, kwargs)
+                return _empty(args[0], shape)
+        return module(*args, **kwargs)
+
+    def _shape_rule(self, module: torch.nn.Module) -> ShapeRule | None:
+        """The op table's shape rule for the module's class, if it has one."""
+        cls = type(module)
+        if cls not in self._shape_rules:
+            entry = ops.lookup_module(module)  # decided by the class alone
+            self._shape_rules[cls] = entry.shape if entry is not None else None
+        return self._shape_rules[cls]
 
     def run_node(self, n: torch.fx.Node) -> object:
         try:
@@ -181,18 +257,34 @@ class _ShapeProp(torch.fx.Interpreter):
                 f"the example inputs do not run through the model: node {describe(n)} failed "
                 f"with {type(exc).__name__}: {first_line(exc)}. Check the input shape and dtype."
             ) from exc
-        n.meta["tensor_meta"] = _metadata(result)
+        n.meta["tensor_meta"] = self._metadata(result)
         return result
 
-
-def _metadata(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return _extract_tensor_metadata(value)
-    if isinstance(value, torch.Size):
+    def _metadata(self, value: object) -> object:
+        """``TensorMetadata`` of a tensor (nested like a tuple or list of them), else None."""
+        if isinstance(value, torch.Tensor):
+            if value.layout is not torch.strided or value.is_quantized:
+                return _extract_tensor_metadata(value)
+            # A dense tensor's metadata follows from these alone.
+            layout = (value.shape, value.stride(), value.dtype, value.requires_grad)
+            meta = self._layouts.get(layout)
+            if meta is None:
+                meta = self._layouts[layout] = _extract_tensor_metadata(value)
+            return meta._replace(qparams={})  # no dict shared between nodes
+        if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
+            return type(value)(self._metadata(v) for v in value)
         return None
-    if isinstance(value, (tuple, list)):
-        return type(value)(_metadata(v) for v in value)
-    return None
+
+
+def _empty(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``like.new_empty(shape)``. A fake tensor is made directly from a meta tensor: the fake
+    mode's dispatch of new_empty (a cache key built from its arguments) costs several times the
+    tensor itself."""
+    if not isinstance(like, FakeTensor):
+        return like.new_empty(shape)
+    with unset_fake_temporarily():
+        meta = torch.empty(shape, dtype=like.dtype, device="meta")
+    return FakeTensor(like.fake_mode, meta, like.device)
 
 
 # Fake tensors log a kernel's failure with its traceback at ERROR before raising it; a failure
@@ -223,7 +315,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
         fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG):
-                _ShapeProp(gm).run(*fake)
+                _ShapeProp(gm, mode).run(*fake)
         except InputError:
             log.info("fake shape propagation failed; running the model once on the real inputs")
             with torch.no_grad():

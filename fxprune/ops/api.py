@@ -67,12 +67,22 @@ class Context:
         self._bare: dict[int, int] = {}  # first atom of a bare parameter dim -> its member
         self.entry: Op | None = None
         self.node: torch.fx.Node
-        self.where = ""
+        self._where: str | None = None
+        # get_submodule walks the dotted path with getattr: resolve each module name once
+        self._modules = dict(gm.named_modules(remove_duplicate=False))
 
     def at(self, node: torch.fx.Node) -> None:
         """Move to `node`: what the rules read and where the atoms record couplings."""
-        self.node, self.where, self.entry = node, describe(node), None
+        self.node, self._where, self.entry = node, None, None
         self.atoms.site = node.name
+
+    @property
+    def where(self) -> str:
+        """The current node and the user's source line (`describe`), for reasons; worked out
+        on first use, as most nodes never need one."""
+        if self._where is None:
+            self._where = describe(self.node)
+        return self._where
 
     # inputs of the current node
     def arg(self, i: int, name: str, default: object = None) -> object:
@@ -118,7 +128,7 @@ class Context:
         return tuple(meta.shape) if hasattr(meta, "shape") else ()
 
     def module(self) -> torch.nn.Module:
-        return self.gm.get_submodule(self.node.target)
+        return self._modules[self.node.target]
 
     # effects
     def member(self, param: str, dim: int, ids: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,10 @@ class NodeGroups:
     dims: tuple[tuple[int, tuple[int, ...]], ...]  # (dim, group ids) pairs
 
 
-def _describe_op(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+def _describe_op(node: torch.fx.Node, module: torch.nn.Module | None) -> str:
+    """A short description of the node's op; `module` is a call_module node's module."""
+    if module is not None:
+        return type(module).__name__
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     if node.op == "call_method":
@@ -77,7 +79,7 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         leaf = node.meta.get(LEAF_KEY)
         if leaf is not None:
             return cx.unknown(f"submodule '{leaf.module}' {leaf.reason}")
-        name = type(module).__name__ if module is not None else _describe_op(node, cx.gm)
+        name = _describe_op(node, module)
         return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
     cx.entry = entry
     return entry.flow(cx, entry)
@@ -147,13 +149,16 @@ def _collect(cx: Context) -> ChannelGraph:
     trainable = {name for name, _ in cx.gm.named_parameters()}
     with_params = {int(group_of[ids[0]]) for _, p, _, ids, _ in cx.members
                    if p in trainable and len(ids)}
-    frozen_roots = {int(group_of[a]) for a in atoms.frozen}
+    frozen_roots = set(np.unique(group_of[_atom_array(atoms.frozen)]).tolist())
     live = np.ones(n, dtype=bool)
-    live[list(atoms.discarded)] = False
+    live[_atom_array(atoms.discarded)] = False
     live_roots = set(np.unique(group_of[live]).tolist())
     group_roots = [r for r in np.unique(group_of).tolist()
                    if r in live_roots and (r in with_params or r not in frozen_roots)]
-    gid = {r: i for i, r in enumerate(group_roots)}
+    # gid_of[a] = id of atom a's group in the result, or -1 where the group is left out
+    gid_of = np.full(n, -1, dtype=np.int64)
+    gid_of[group_roots] = np.arange(len(group_roots))
+    gid_of = gid_of[group_of]
     # local[c] = index of channel root c within its group (roots sort in graph order)
     local = np.full(n, -1, dtype=np.int64)
     roots = np.unique(chan_of)
@@ -163,47 +168,14 @@ def _collect(cx: Context) -> ChannelGraph:
     sizes = np.diff(np.r_[starts, len(order)])
     local[roots[order]] = np.arange(len(order)) - np.repeat(starts, sizes)
     counts = dict(zip(by_group[starts].tolist(), sizes.tolist()))
-    frozen: dict[int, str] = {}
-    inexact: dict[int, str] = {}
-    for reasons, into in ((atoms.frozen, frozen), (atoms.inexact, inexact)):
-        for a, reason in sorted(reasons.items()):
-            g = gid.get(int(group_of[a]))
-            if g is not None:
-                into.setdefault(g, reason)
+    frozen = _first_reasons(atoms.frozen, gid_of)
+    inexact = _first_reasons(atoms.inexact, gid_of)
     coupled: dict[int, list[str]] = defaultdict(list)
     for a, site in atoms.joins:
-        g = gid.get(int(group_of[a]))
-        if g is not None:
+        g = int(gid_of[a])
+        if g >= 0:
             coupled[g].append(site)
-
-    members: dict[int, list[Member]] = defaultdict(list)
-
-    def add(node: str, param: str | None, dim: int, ids: np.ndarray, output: int | None,
-            role: str = "out") -> None:
-        if len(ids) == 0:
-            return
-        gs, cs = group_of[ids], local[chan_of[ids]]
-        for g in np.unique(gs).tolist():
-            g_id = gid.get(g)
-            if g_id is not None:
-                (pos,) = np.nonzero(gs == g)
-                members[g_id].append(Member(node, param, dim, len(ids), tuple(pos.tolist()),
-                                            tuple(cs[pos].tolist()), output, role))
-
-    for node_name, param, dim, ids, role in cx.members:
-        add(node_name, param, dim, ids, None, role)
-    for node, value in cx.flows.items():
-        held = []
-        values = value if isinstance(value, tuple) else (value,)
-        for k, v in enumerate(values):
-            if isinstance(v, Flow):
-                for dim, ids in sorted(v.dims.items()):
-                    add(node.name, None, dim, ids, k if isinstance(value, tuple) else None)
-                    ids_held = {gid[g] for g in np.unique(group_of[ids]).tolist() if g in gid}
-                    if ids_held:
-                        held.append((dim, tuple(sorted(ids_held))))
-        if held:
-            node.meta[GROUPS_KEY] = NodeGroups(tuple(held))
+    members = _members(cx, gid_of, local[chan_of], len(group_roots))
 
     groups = []
     for g_id in range(len(group_roots)):
@@ -226,9 +198,104 @@ def _collect(cx: Context) -> ChannelGraph:
             coupled_by=tuple(dict.fromkeys(coupled[g_id])),
         ))
     graph = cx.gm.graph
+    modules = dict(cx.gm.named_modules(remove_duplicate=False))  # one walk, not one per node
     return ChannelGraph(
         groups=tuple(groups),
         node_order=tuple(n.name for n in graph.nodes),
         edges=tuple((i.name, n.name) for n in graph.nodes for i in n.all_input_nodes),
-        node_ops={n.name: _describe_op(n, cx.gm) for n in graph.nodes},
+        node_ops={n.name: _describe_op(n, modules[n.target] if n.op == "call_module" else None)
+                  for n in graph.nodes},
     )
+
+
+def _atom_array(atom_ids: Iterable[int]) -> np.ndarray:
+    """A collection of atom ids (a set, or a dict's keys) as an int array."""
+    return np.fromiter(atom_ids, dtype=np.int64)
+
+
+def _first_reasons(reasons: Mapping[int, str], gid_of: np.ndarray) -> dict[int, str]:
+    """For each result group, the reason recorded on its lowest atom (`reasons`: atom ->
+    reason); groups left out of the result (id -1 in `gid_of`) are skipped."""
+    ordered = np.sort(_atom_array(reasons))
+    ids, first = np.unique(gid_of[ordered], return_index=True)
+    return {g: reasons[a] for g, a in zip(ids.tolist(), ordered[first].tolist()) if g >= 0}
+
+
+def _members(cx: Context, gid_of: np.ndarray, local_of: np.ndarray,
+             n_groups: int) -> dict[int, list[Member]]:
+    """Every group's members: the parameter slices in `cx.members`, then each node output dim
+    that holds its channels. Also writes ``node.meta[GROUPS_KEY]`` on the nodes that hold any.
+
+    A member is one slice (a parameter dim, or a node's output dim) restricted to the indices
+    whose atoms fall in one group; `gid_of` gives each atom's group id (-1: left out) and
+    `local_of` its channel within the group.
+    """
+    # Slice k is (node, param, dim, output, role) with its atoms in arrays[k].
+    slices: list[tuple[str, str | None, int, int | None, str]] = []
+    arrays: list[np.ndarray] = []
+    for node_name, param, dim, ids, role in cx.members:
+        slices.append((node_name, param, dim, None, role))
+        arrays.append(ids)
+    outputs: list[tuple[torch.fx.Node, int, int]] = []  # (node, dim, slice) of node outputs
+    for node, value in cx.flows.items():
+        values = value if isinstance(value, tuple) else (value,)
+        for k, v in enumerate(values):
+            if isinstance(v, Flow):
+                for dim, ids in sorted(v.dims.items()):
+                    outputs.append((node, dim, len(slices)))
+                    slices.append((node.name, None, dim,
+                                   k if isinstance(value, tuple) else None, "out"))
+                    arrays.append(ids)
+    # Most slices share their atom array with others (a norm or an activation passes its
+    # input's on, a module's parameters hold its output's): split each distinct array once.
+    distinct = {id(ids): ids for ids in arrays}
+    parts = dict(zip(distinct, _split(list(distinct.values()), gid_of, local_of, n_groups)))
+    members: dict[int, list[Member]] = defaultdict(list)
+    held: dict[int, list[int]] = defaultdict(list)  # slice -> the groups it holds, ascending
+    for k, ((node_name, param, dim, output, role), ids) in enumerate(zip(slices, arrays)):
+        for g, positions, channels in parts[id(ids)]:
+            members[g].append(Member(node_name, param, dim, len(ids), positions, channels,
+                                     output, role))
+            held[k].append(g)
+    node_groups: dict[torch.fx.Node, list[tuple[int, tuple[int, ...]]]] = defaultdict(list)
+    for node, dim, k in outputs:
+        if k in held:
+            node_groups[node].append((dim, tuple(held[k])))
+    for node, dims in node_groups.items():
+        node.meta[GROUPS_KEY] = NodeGroups(tuple(dims))
+    return members
+
+
+def _split(arrays: list[np.ndarray], gid_of: np.ndarray, local_of: np.ndarray,
+           n_groups: int) -> list[list[tuple[int, tuple[int, ...], tuple[int, ...]]]]:
+    """For each atom array, the groups its atoms fall in (ascending, groups left out skipped),
+    each with the positions in the array that hold it and the channel of the group at each.
+
+    One vectorised pass over all arrays; equal index tuples (most are ranges) are shared.
+    """
+    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate(arrays).astype(np.int64, copy=False) if arrays else np.empty(0, np.int64)
+    array_of = np.repeat(np.arange(len(arrays)), lengths)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    groups = gid_of[flat]
+    kept = np.flatnonzero(groups >= 0)
+    # One run per (array, group) pair: arrays in order, groups ascending, positions ascending.
+    key = array_of[kept] * n_groups + groups[kept]
+    by_key = np.argsort(key, kind="stable")
+    key, kept = key[by_key], kept[by_key]
+    starts = np.flatnonzero(np.diff(key, prepend=-1))
+    ends = np.append(starts[1:], len(key)).tolist()
+    first = kept[starts]
+    positions, channels = position[kept], local_of[flat[kept]]
+    shared: dict[bytes, tuple[int, ...]] = {}
+
+    def as_tuple(values: np.ndarray) -> tuple[int, ...]:
+        found = shared.get(values.tobytes())
+        if found is None:
+            found = shared[values.tobytes()] = tuple(values.tolist())
+        return found
+
+    out: list[list[tuple[int, tuple[int, ...], tuple[int, ...]]]] = [[] for _ in arrays]
+    for i, g, a, b in zip(array_of[first].tolist(), groups[first].tolist(), starts.tolist(), ends):
+        out[i].append((g, as_tuple(positions[a:b]), as_tuple(channels[a:b])))
+    return out
