@@ -40,6 +40,9 @@ def coverage(gm: torch.fx.GraphModule, graph: ChannelGraph) -> Coverage:
             weights[weight] = entry.out_params["weight"]
     params = dict(gm.named_parameters())
     total = sum(params[w].shape[d] for w, d in weights.items() if w in params)
-    covered = sum(len(m.positions) for g in graph.prunable for m in g.params
-                  if weights.get(m.param) == m.dim)
-    return Coverage(channels=total, prunable=covered)
+    covered: dict[str, set[int]] = {}  # a layer called twice is a member twice: count it once
+    for g in graph.prunable:
+        for m in g.params:
+            if weights.get(m.param) == m.dim:
+                covered.setdefault(m.param, set()).update(m.positions)
+    return Coverage(channels=total, prunable=sum(len(p) for p in covered.values()))

@@ -162,6 +162,12 @@ def mixes_along(dim_arg: tuple[int, str]) -> Rule:
     return rule
 
 
+def assigns(cx: Context, op: Op) -> None:
+    """x[index] = y, in place: the graph's values no longer say what x holds afterwards, so the
+    channels of both are frozen."""
+    cx.freeze_all(cx.node.args, f"assigned into in place at {cx.where}")
+
+
 def cat(cx: Context, op: Op) -> Flow:
     ndim = len(cx.out_shape)
     dim = cx.arg(1, "dim", 0) % ndim
