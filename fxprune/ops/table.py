@@ -179,6 +179,7 @@ METHODS: dict[str, Op] = {
                     _REDUCE),
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
+    "unfold": Op(flow=rules.windows),
     "roll": Op(flow=rules.mixes_along((2, "dims"))),
     "flip": Op(flow=rules.mixes_along((1, "dims"))),
 }
