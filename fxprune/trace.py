@@ -4,7 +4,9 @@ Invariant established: every node of the returned graph has ``node.meta["tensor_
 (shape and dtype, nested for tuple outputs), and call_module nodes for submodules that had to be
 made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why. get_attr nodes
 carry ``node.meta["fxprune.owner"]`` (a ``ParamOwner``): the class of the module that owns the
-tensor, which the GraphModule replaces by a plain container.
+tensor, which the GraphModule replaces by a plain container. ``gm.meta["fxprune.specialised"]``
+lists the values computed from sizes that the forward needed as plain Python values (the
+conditions it branched on, ints), taken from the example's shapes.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import contextlib
 import inspect
 import linecache
 import logging
+import operator
 import os
 import sys
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from fxprune import ops
@@ -37,6 +42,7 @@ from fxprune.ops.api import ShapeRule
 log = logging.getLogger(__name__)
 
 LEAF_KEY = "fxprune.leaf"
+SPECIALISED_KEY = "fxprune.specialised"  # gm.meta: `Specialised` values, from example shapes
 OWNER_KEY = "fxprune.owner"
 # Frames inside torch are fx, nn.Module or torch-function machinery, never the user's line.
 _SKIP_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -60,13 +66,83 @@ class LeafReason:
     reason: str
 
 
+@dataclass(frozen=True)
+class Specialised:
+    """A value computed from sizes that Python needed as a plain bool or int (a condition, an
+    ``int(n ** 0.5)``), taken from the example's shapes: the graph holds what it chose (the
+    branch taken, the int), so it is valid for inputs of the sizes where the value is the same
+    (a window that fits the feature map, a patch grid that needs no interpolation)."""
+
+    where: str
+    value: int
+
+
+class _Proxy(torch.fx.Proxy):
+    """A proxy that becomes an int where Python needs one (``int(...)``, ``range(...)``), and
+    records assignment into it (``x[..., 2] = y``) as an ``operator.setitem`` node."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __int__(self) -> int:
+        return self.tracer.concrete(self, int)
+
+    def __index__(self) -> int:
+        return self.tracer.concrete(self, int)
+
+
 class _Tracer(torch.fx.Tracer):
-    def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...]) -> None:
+    def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...],
+                 example: _Example | None = None) -> None:
         super().__init__()
         self.leaves = set(leaves)
         self.leaf_types = leaf_types
+        self.example = example
+        self.specialised: list[Specialised] = []
+        self._env: dict[torch.fx.Node, object] = {}
         # id -> qualified name of the root's parameters, and of its buffers (made on first use)
         self._names: tuple[dict[int, str], dict[int, str]] | None = None
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _Proxy(node, self)
+
+    def to_bool(self, obj: torch.fx.Proxy) -> bool:
+        return self.concrete(obj, bool)
+
+    def concrete(self, obj: torch.fx.Proxy, kind: type) -> int:
+        """Control flow on a proxy, or an int made of one: decided on the example inputs where
+        the value depends on sizes alone (computed on fake tensors, so a value that depends on
+        data still fails and its submodule becomes a leaf)."""
+        value = self._value(obj.node) if self.example is not None else None
+        if not isinstance(value, (bool, int, float)):
+            if kind is bool:
+                return super().to_bool(obj)
+            raise TypeError(f"{kind.__name__}() of a traced value that is not a size")
+        frame = _user_frame(sys._getframe(1), self_too=True)
+        where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+        self.specialised.append(Specialised(where, kind(value)))
+        return kind(value)
+
+    def _value(self, node: torch.fx.Node) -> object:
+        """The node's value on fake copies of the example, the graph so far run up to it."""
+        if node not in self._env:
+            try:
+                # fx patches nn.Module calls while it traces; the run must see the real ones
+                with (_unpatched(), self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG),
+                      _kept_state(self.root)):
+                    run = torch.fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+                    run.env = self._env
+                    values = iter(self.example.values(self.graph))
+                    for n in self.graph.nodes:
+                        if n.op == "placeholder":
+                            self._env[n] = next(values)
+                        elif n not in self._env:
+                            self._env[n] = run.run_node(n)
+                        if n is node:
+                            break
+            except Exception:  # noqa: BLE001 - a value that fake tensors cannot give: no decision
+                return None
+        return self._env.get(node)
 
     # fx finds the name of a parameter or buffer that forward reads, or passes to an op, by
     # walking all of the root's at every use: quadratic in the model's size. These two
@@ -121,10 +197,7 @@ class _Tracer(torch.fx.Tracer):
         if node.op in ("placeholder", "output"):
             return node  # made by fx itself: no user line to point at
         # fx's own record_stack_traces costs ~10x the trace; one frame is all errors need.
-        frame = sys._getframe(1)
-        while frame is not None and (frame.f_code.co_filename.startswith(_SKIP_DIR)
-                                     or frame.f_code in _FX_OVERRIDES):
-            frame = frame.f_back
+        frame = _user_frame(sys._getframe(1))
         # Reaching this module means the op was made by the tracer itself, outside the model.
         if frame is not None and frame.f_code.co_filename != __file__:
             code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
@@ -137,6 +210,53 @@ class _Tracer(torch.fx.Tracer):
 
 # The tracer's stand-ins for fx's own methods: their frames are fx's, not the user's line.
 _FX_OVERRIDES = frozenset({_Tracer.getattr.__code__, _Tracer.create_arg.__code__})
+
+
+def _user_frame(frame: types.FrameType | None, self_too: bool = False) -> types.FrameType | None:
+    """The first frame outside torch (and this module, with `self_too`): the user's line, or
+    this module's for what the tracer does itself."""
+    while frame is not None and (frame.f_code.co_filename.startswith(_SKIP_DIR)
+                                 or frame.f_code in _FX_OVERRIDES
+                                 or self_too and frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return frame
+
+
+class _Example:
+    """Fake copies of the example inputs, for the placeholders of a graph being traced."""
+
+    def __init__(self, inputs: tuple[object, ...], kwargs: Mapping[str, object]) -> None:
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.inputs = tuple(self._fake(v) for v in inputs)
+        self.kwargs = {k: self._fake(v) for k, v in kwargs.items()}
+
+    def _fake(self, value: object) -> object:
+        return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    def values(self, graph: torch.fx.Graph) -> tuple[object, ...]:
+        return _placeholder_values(graph, self.inputs, self.kwargs)
+
+
+@contextlib.contextmanager
+def _kept_state(model: torch.nn.Module) -> Iterator[None]:
+    """Undo what a forward run while tracing assigns to modules: a module that caches a value
+    on itself (ConViT's relative indices) or a norm in training mode would otherwise keep a
+    proxy or a fake tensor in place of its real tensor. What the tracer itself adds (fx's
+    tensor constants) stays."""
+    saved = [(m, dict(m.__dict__), dict(m._buffers), dict(m._parameters)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attributes, buffers, parameters in saved:
+            for name, value in list(m.__dict__.items()):
+                if name not in attributes and isinstance(value, (torch.fx.Proxy, FakeTensor)):
+                    del m.__dict__[name]
+            m.__dict__.update(attributes)
+            for table, kept in ((m._buffers, buffers), (m._parameters, parameters)):
+                for name in [k for k in table if k not in kept]:
+                    if isinstance(table[name], (torch.fx.Proxy, FakeTensor)):
+                        del table[name]
+                table.update(kept)
 
 
 def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, str] | None:
@@ -177,13 +297,15 @@ def _defaults(model: torch.nn.Module, given: int, named: Iterable[str]) -> dict[
 
 
 def _symbolic_trace(
-    model: torch.nn.Module, leaf_types: tuple[type, ...], concrete: dict[str, object]
+    model: torch.nn.Module, leaf_types: tuple[type, ...], concrete: dict[str, object],
+    example: _Example,
 ) -> tuple[torch.fx.GraphModule, dict[str, LeafReason]]:
     leaves: dict[str, LeafReason] = {}
     for _ in range(MAX_LEAF_RETRIES):
-        tracer = _Tracer(leaves, leaf_types)
+        tracer = _Tracer(leaves, leaf_types, example)
         try:
-            graph = tracer.trace(model, concrete or None)
+            with _kept_state(model):  # a forward that caches a traced value on itself
+                graph = tracer.trace(model, concrete or None)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
             where = _failing_module(model, exc)
             if where is None or where[0] == "" or where[0] in leaves:
@@ -199,8 +321,12 @@ def _symbolic_trace(
             log.info("tracing %s as a leaf: %s", name, reason)
             leaves[name] = LeafReason(module=name, reason=reason)
             continue
-        root_name = type(model).__name__
-        return torch.fx.GraphModule(tracer.root, graph, root_name), leaves
+        gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm.meta[SPECIALISED_KEY] = tuple(tracer.specialised)
+        if tracer.specialised:
+            log.info("%d values computed from sizes taken from the example's shapes",
+                     len(tracer.specialised))
+        return gm, leaves
     raise TraceError(f"gave up after making {MAX_LEAF_RETRIES} submodules leaves: {sorted(leaves)}")
 
 
@@ -314,7 +440,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
         try:
-            with mode, torch.no_grad(), _quiet(_FAKE_LOG):
+            with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(gm):
                 _ShapeProp(gm, mode).run(*fake)
         except InputError:
             log.info("fake shape propagation failed; running the model once on the real inputs")
@@ -347,8 +473,8 @@ def trace(
         gm, leaves = model, {}
     else:
         concrete = _defaults(model, len(inputs), kwargs)
-        gm, leaves = _symbolic_trace(model, tuple(leaf_modules), concrete)
-    inputs = _placeholder_values(gm, inputs, kwargs)
+        gm, leaves = _symbolic_trace(model, tuple(leaf_modules), concrete, _Example(inputs, kwargs))
+    inputs = _placeholder_values(gm.graph, inputs, kwargs)
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in leaves:
             node.meta[LEAF_KEY] = leaves[node.target]
@@ -360,11 +486,11 @@ def trace(
     return gm
 
 
-def _placeholder_values(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...],
-                        kwargs: Mapping[str, torch.Tensor]) -> tuple[object, ...]:
+def _placeholder_values(graph: torch.fx.Graph, inputs: tuple[object, ...],
+                        kwargs: Mapping[str, object]) -> tuple[object, ...]:
     """A value for every placeholder, in order: the inputs, then keyword inputs by name, then
     the defaults fx recorded for arguments traced at their defaults."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     values: list[object] = list(inputs[:len(placeholders)])
     for node in placeholders[len(values):]:
         name = node.target.lstrip("*")

@@ -289,6 +289,21 @@ class Aggregate(nn.Module):
         return self.head(y) + self.tail(z)
 
 
+class Halo(nn.Module):
+    """HaloNet's attention: windows unfolded along the spatial dims (channels keep their
+    places), and windows unfolded along channels (frozen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.c, self.d = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x).unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2))
+        z = self.c(x).unfold(1, 2, 2).mean(-1)
+        return self.b(y) + self.d(z)[..., ::2, ::2]
+
+
 class Functional(nn.Module):
     """Bare parameters through F.conv2d, F.batch_norm (running statistics as buffers),
     F.group_norm and F.linear: the same couplings as the modules they stand for."""
@@ -358,6 +373,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "channel_reductions": (ChannelReductions, (2, 3, 4, 4), torch.float32),
     "sized_heads": (SizedHeads, (2, 5, 3), torch.float32),
     "aggregate": (Aggregate, (2, 3), torch.float32),
+    "halo": (Halo, (2, 3, 4, 4), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }

@@ -126,6 +126,11 @@ EXPECTED = {
         S("smear.weight:0", "smear.bias:0"): (1, F, EXACT),
         S("head.weight:0", "head.bias:0", "tail.weight:0", "tail.bias:0"): (2, F, EXACT),
     },
+    "halo": {
+        S("a.weight:0", "a.bias:0", "b.weight:1"): (4, P, EXACT),
+        S("c.weight:0", "c.bias:0"): (4, F, EXACT),
+        S("b.weight:0", "b.bias:0", "d.weight:0", "d.bias:0"): (2, F, EXACT),
+    },
     # the same couplings as the modules they stand for; no group for the kernel dims
     "functional": {
         S("w1:0", "b1:0", "scale:0", "shift:0", "mean:0", "var:0", "w2:1"): (6, P, EXACT),
@@ -259,3 +264,8 @@ def test_graph_is_annotated_and_left_unchanged() -> None:
 def test_a_conv_sliding_along_channels_freezes_them() -> None:
     g = group_with(analyze("aggregate"), "slide.weight", 0)
     assert not g.prunable and "a conv slides over channels along dim 2 at %smear" in g.reason
+
+
+def test_windows_unfolded_along_channels_freeze_them() -> None:
+    g = group_with(analyze("halo"), "c.weight", 0)
+    assert not g.prunable and "slides windows over its channel dim 1 at %unfold_2" in g.reason

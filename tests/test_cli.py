@@ -78,6 +78,28 @@ def test_inspect_user_file_factory(user_file: Path, capsys: pytest.CaptureFixtur
     assert "group 1: reaches the model output" in out
 
 
+def test_inspect_says_where_the_graph_holds_the_example_size(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "windows.py"
+    path.write_text(
+        "import torch\n"
+        "class Windows(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1)\n"
+        "    def forward(self, x):\n"
+        "        y = self.a(x)\n"
+        "        if y.shape[-1] % 2:\n"
+        "            y = torch.nn.functional.pad(y, (0, 1, 0, 1))\n"
+        "        return self.b(y)\n"
+        "def make():\n"
+        "    return Windows()\n")
+    assert main(["inspect", f"{path}:make", "--input-shape", "1,3,5,5"]) == 0
+    out = capsys.readouterr().out
+    assert _table(out)[0][:3] == ("0", "4", "prunable")
+    assert f"branches on sizes or makes ints of them at 1 place (first at {path}:8)" in out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -41,6 +41,64 @@ class RootBranch(nn.Module):
         return -y
 
 
+class Windows(nn.Module):
+    """Branches and ints on sizes, as in MobileViT, EfficientViT and ConViT: pad to a multiple
+    of the window only where needed, a grid side from the token count, a table built for it,
+    assigned into and cached on the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.table = torch.zeros(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if y.shape[-1] % 2:
+            y = torch.nn.functional.pad(y, (0, 1, 0, 1))
+        side = int((y.shape[-1] * y.shape[-2]) ** 0.5)
+        if self.table.shape[0] != side:
+            table = torch.zeros(side, 2)
+            table[:, 1] = 1.0
+            self.table = table
+        return self.b(y) + self.table.sum()
+
+
+@pytest.mark.parametrize("size", [4, 5])
+def test_conditions_and_ints_on_sizes_are_taken_from_the_example(size: int) -> None:
+    model = Windows()
+    x = torch.randn(1, 3, size, size)
+    gm = fxprune.trace(model, x)
+    assert not any("fxprune.leaf" in n.meta for n in gm.graph.nodes)
+    decided = gm.meta["fxprune.specialised"]
+    assert [d.value for d in decided] == [size % 2, size + size % 2]  # padded?, the grid side
+    assert all("test_trace.py" in d.where for d in decided)
+    assert torch.equal(model.table, torch.zeros(1))  # the model's own state is left as it was
+    torch.testing.assert_close(gm(x), Windows.forward(model, x))
+    graph = fxprune.analyze(gm)
+    assert group_with(graph, "a.weight", 0).prunable
+
+
+def test_a_condition_on_values_still_makes_a_leaf() -> None:
+    gm = fxprune.trace(WithGate(), torch.randn(1, 3, 4, 4))
+    assert [n.target for n in gm.graph.nodes if "fxprune.leaf" in n.meta] == ["gate"]
+
+
+def test_assignment_into_a_tensor_freezes_its_channels() -> None:
+    class Assign(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            y[:, 0] = 0.0
+            return self.b(y)
+
+    graph = fxprune.analyze(fxprune.trace(Assign(), torch.randn(2, 3)))
+    g = group_with(graph, "a.weight", 0)
+    assert not g.prunable and "assigned into in place at %setitem" in g.reason
+
+
 def test_untraceable_submodule_becomes_a_leaf_with_its_channels_frozen() -> None:
     gm = fxprune.trace(WithGate(), torch.randn(1, 3, 4, 4))
     (leaf,) = [n for n in gm.graph.nodes if "fxprune.leaf" in n.meta]

@@ -16,7 +16,7 @@ from fxprune.coverage import coverage
 from fxprune.errors import FxPruneError
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import analyze
-from fxprune.trace import trace
+from fxprune.trace import SPECIALISED_KEY, trace
 
 
 def _members(group: ChannelGroup, width: int = 64) -> str:
@@ -67,6 +67,11 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{share.share:.1%} of the conv/linear output channels are in prunable groups "
           f"({share.prunable} of {share.channels})")
     print(f"traced and analysed {args.model} at input {shape} in {elapsed * 1000:.0f} ms")
+    decided = gm.meta.get(SPECIALISED_KEY, ())
+    if decided:
+        print(f"the graph is specialised to that input size: the model branches on sizes or "
+              f"makes ints of them at {len(decided)} place{'s' * (len(decided) > 1)} "
+              f"(first at {decided[0].where})")
     if args.json:
         print(f"wrote {atomic.write_text(args.json, graph.to_json(indent=1))}")
     if args.dot:

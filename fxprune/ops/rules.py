@@ -162,6 +162,22 @@ def mixes_along(dim_arg: tuple[int, str]) -> Rule:
     return rule
 
 
+def windows(cx: Context, op: Op) -> Flow:
+    """x.unfold(dim, size, step): sliding windows along `dim`, their positions in a new last
+    dim. Channels on other dims keep their places; channels along `dim` are frozen."""
+    ndim = len(cx.shape(0))
+    dim = cx.arg(1, "dimension") % ndim
+    flow = cx.tflow(0)
+    fl.across(cx.atoms, flow, ndim, [dim], cx.where, "freeze", kind="slides windows")
+    return Flow({d: ids for d, ids in flow.dims.items() if d != dim})
+
+
+def assigns(cx: Context, op: Op) -> None:
+    """x[index] = y, in place: the graph's values no longer say what x holds afterwards, so the
+    channels of both are frozen."""
+    cx.freeze_all(cx.node.args, f"assigned into in place at {cx.where}")
+
+
 def cat(cx: Context, op: Op) -> Flow:
     ndim = len(cx.out_shape)
     dim = cx.arg(1, "dim", 0) % ndim

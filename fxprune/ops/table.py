@@ -120,6 +120,7 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     torch.narrow: Op(flow=rules.select, rewrite=surgery.rewrite_index),
     torch.select: Op(flow=rules.select, rewrite=surgery.rewrite_index),
     operator.getitem: Op(flow=rules.getitem, rewrite=surgery.rewrite_index),
+    operator.setitem: Op(flow=rules.assigns),
     **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
     F.scaled_dot_product_attention: Op(flow=rules.sdpa),
     torch.sum: _SUM,
@@ -178,6 +179,7 @@ METHODS: dict[str, Op] = {
                     _REDUCE),
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
+    "unfold": Op(flow=rules.windows),
     "roll": Op(flow=rules.mixes_along((2, "dims"))),
     "flip": Op(flow=rules.mixes_along((1, "dims"))),
 }

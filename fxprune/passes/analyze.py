@@ -71,7 +71,9 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
                 dims[d] = cx.atoms.fresh(size)
                 cx._param(node.name, node.target, d, dims[d], "bare")
         return Flow(dims)
-    if meta is None:  # ints read from tensor sizes are tracked; other values carry no channels
+    # ints read from tensor sizes are tracked; other values carry no channels (an in-place
+    # assignment returns nothing, but its table entry freezes what it writes into)
+    if meta is None and node.target is not operator.setitem:
         return _size_value(cx, node)
     module = cx.module() if node.op == "call_module" else None
     entry = ops.lookup(node, module)
