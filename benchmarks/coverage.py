@@ -69,8 +69,10 @@ def build(zoo: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
     spec = f"{zoo}:{name}"
     model = load_model(spec)
-    if zoo == "timm" and getattr(model, "num_classes", None) == 0:
-        model.reset_classifier(1000)  # a feature model (DINOv3) gets the others' 1000 classes
+    if zoo == "timm" and getattr(model, "num_classes", 1000) != 1000:
+        # every model with ImageNet's 1000 classes: a feature model (DINOv3) would leave its
+        # width at the output, and an ImageNet-22k head (TinyViT's 21,841) outweigh the rest
+        model.reset_classifier(1000)
     return model, torch.randn(default_shape(spec, model))
 
 

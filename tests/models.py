@@ -304,6 +304,25 @@ class Halo(nn.Module):
         return self.b(y) + self.d(z)[..., ::2, ::2]
 
 
+class Gathers(nn.Module):
+    """A table's rows gathered by an index tensor (TinyViT's attention biases, relative
+    positions: the gathered dim is frozen, the other keeps its channels), an einsum with a
+    parameter (MViT-v2), and repeat_interleave (GCViT: each channel owns its copies)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(3, 2)
+        self.table, self.rel = nn.Parameter(torch.randn(5, 4)), nn.Parameter(torch.randn(6, 4))
+        self.register_buffer("idx", torch.tensor([0, 2, 4]))
+        self.head, self.tail = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x) + self.table[self.idx]
+        r = torch.einsum("bnc,kc->bnk", y, self.rel)
+        z = self.b(x).repeat_interleave(2, dim=2)
+        return self.head(y) + self.tail(z) + r.sum(-1, keepdim=True)
+
+
 class Functional(nn.Module):
     """Bare parameters through F.conv2d, F.batch_norm (running statistics as buffers),
     F.group_norm and F.linear: the same couplings as the modules they stand for."""
@@ -374,6 +393,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "sized_heads": (SizedHeads, (2, 5, 3), torch.float32),
     "aggregate": (Aggregate, (2, 3), torch.float32),
     "halo": (Halo, (2, 3, 4, 4), torch.float32),
+    "gathers": (Gathers, (2, 3, 3), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }

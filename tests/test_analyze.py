@@ -131,6 +131,13 @@ EXPECTED = {
         S("c.weight:0", "c.bias:0"): (4, F, EXACT),
         S("b.weight:0", "b.bias:0", "d.weight:0", "d.bias:0"): (2, F, EXACT),
     },
+    "gathers": {
+        S("a.weight:0", "a.bias:0", "table:1", "rel:1", "head.weight:1"): (4, P, EXACT),
+        S("table:0"): (5, F, EXACT),  # gathered rows
+        S("rel:0"): (6, F, EXACT),  # summed away: only rel holds them
+        S("b.weight:0", "b.bias:0", "tail.weight:1"): (2, P, EXACT),  # 2 columns each
+        S("head.weight:0", "head.bias:0", "tail.weight:0", "tail.bias:0"): (2, F, EXACT),
+    },
     # the same couplings as the modules they stand for; no group for the kernel dims
     "functional": {
         S("w1:0", "b1:0", "scale:0", "shift:0", "mean:0", "var:0", "w2:1"): (6, P, EXACT),

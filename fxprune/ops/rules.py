@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fxprune.ops import flow as fl
-from fxprune.ops.api import CHANNEL_SIZED_KEY, Context, Op, Rule
+from fxprune.ops.api import CHANNEL_SIZED_KEY, Context, Op, Rule, is_tensor
 from fxprune.ops.flow import UNTRACKED, Flow
 
 
@@ -228,10 +228,9 @@ def _index(cx: Context, flow: Flow, shape: tuple[int, ...], index: object) -> Fl
         at = entries.index(Ellipsis)
         entries[at:at + 1] = [slice(None)] * (len(shape) - consuming)
     entries += [slice(None)] * (len(shape) - sum(1 for e in entries if e is not None))
-    if any(isinstance(e, (torch.fx.Node, list, torch.Tensor)) and not isinstance(e, slice)
-           for e in entries):
-        cx.atoms.freeze(flow.atoms(), f"advanced indexing at {cx.where}")
-        return UNTRACKED
+    advanced = [k for k, e in enumerate(entries) if isinstance(e, (torch.fx.Node, list, torch.Tensor))]
+    if advanced:
+        return _gather(cx, flow, entries, advanced)
     out, d_in, d_out = {}, 0, 0
     for e in entries:
         if e is None:
@@ -255,6 +254,23 @@ def _index(cx: Context, flow: Flow, shape: tuple[int, ...], index: object) -> Fl
     return Flow(out)
 
 
+def _gather(cx: Context, flow: Flow, entries: list[object], advanced: list[int]) -> Flow:
+    """x[:, idx] with one integer index tensor among full slices (a relative-position table
+    gathered by an index table): the indexed dim's channels are frozen, the others keep their
+    places around the index's dims. Anything else is frozen whole."""
+    (k,) = advanced if len(advanced) == 1 else (None,)
+    index = entries[k] if k is not None else None
+    meta = index.meta.get("tensor_meta") if isinstance(index, torch.fx.Node) else None
+    plain = all(e == slice(None) for i, e in enumerate(entries) if i != k)
+    if k is None or not plain or not hasattr(meta, "shape") or meta.dtype == torch.bool:
+        cx.atoms.freeze(flow.atoms(), f"advanced indexing at {cx.where}")
+        return UNTRACKED
+    if k in flow.dims:
+        cx.atoms.freeze(flow.dims[k], f"channels gathered by an index tensor at {cx.where}")
+    n = len(meta.shape)
+    return Flow({d if d < k else d - 1 + n: ids for d, ids in flow.dims.items() if d != k})
+
+
 def select(cx: Context, op: Op) -> Flow:  # x.select(dim, i) / x.narrow(dim, start, length)
     ndim = len(cx.shape(0))
     dim = cx.arg(1, "dim") % ndim
@@ -272,6 +288,54 @@ def repeat(cx: Context, op: Op) -> Flow:
         reps = reps[0]
     pad = len(reps) - len(cx.shape(0))
     return Flow({d + pad: np.tile(ids, reps[d + pad]) for d, ids in cx.tflow(0).dims.items()})
+
+
+def repeat_interleave(cx: Context, op: Op) -> Flow:
+    """x.repeat_interleave(r, dim): each index along `dim` repeated r times in place, so a
+    channel there owns its r copies. Without a dim (flattened), or with per-index repeats from
+    a tensor, the channels are frozen."""
+    flow, dim, repeats = cx.tflow(0), cx.arg(2, "dim"), cx.arg(1, "repeats")
+    if dim is None or isinstance(repeats, torch.fx.Node) and is_tensor(repeats):
+        cx.atoms.freeze(flow.atoms(), f"repeat_interleave without a dim or with repeats per index at {cx.where}")
+        return UNTRACKED
+    dim %= len(cx.shape(0))
+    dims = dict(flow.dims)
+    if dim in dims:
+        dims[dim] = np.repeat(dims[dim], cx.out_shape[dim] // cx.shape(0)[dim])
+    return Flow(dims)
+
+
+def einsum(cx: Context, op: Op) -> Flow:
+    """torch.einsum with an explicit output: dims that share a letter are coupled, as a
+    matmul's contracted dims are; a letter in the output carries its channels there. A letter
+    tracked in one operand and not in another (of the same size) is frozen."""
+    equation, *operands = cx.node.args
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = list(operands[0])
+    equation = equation.replace(" ", "")
+    if "..." in equation or "->" not in equation:
+        return cx.unknown("einsum with '...' or without '->'")
+    inputs, output = equation.split("->")
+    seen: dict[str, list[tuple[np.ndarray | None, int]]] = {}
+    for spec, x in zip(inputs.split(","), operands):
+        flow, shape = cx.tflow(x), cx.shape(x)
+        for d, letter in enumerate(spec):
+            seen.setdefault(letter, []).append((flow.dims.get(d), shape[d]))
+    out = {}
+    for letter, uses in seen.items():
+        full = max(size for _, size in uses)
+        taking_part = [ids for ids, size in uses if size == full]  # size 1 broadcasts
+        tracked = [ids for ids in taking_part if ids is not None]
+        if not tracked:
+            continue
+        if len(tracked) < len(taking_part):
+            for ids in tracked:
+                cx.atoms.freeze(ids, f"summed with a dim that carries no channels at {cx.where}")
+        for ids in tracked[1:]:
+            cx.atoms.union(tracked[0], ids)
+        if letter in output:
+            out[output.index(letter)] = tracked[0]
+    return Flow(out)
 
 
 def matmul(cx: Context, op: Op) -> Flow:

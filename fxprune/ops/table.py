@@ -129,6 +129,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
                      torch.prod, torch.max, torch.min), _REDUCE),
     **dict.fromkeys((torch.softmax, F.softmax, F.log_softmax, torch.log_softmax), _SOFTMAX),
     torch.cumsum: Op(flow=rules.mixes_along((1, "dim"))),
+    torch.repeat_interleave: Op(flow=rules.repeat_interleave),
+    torch.einsum: Op(flow=rules.einsum),
     torch.roll: Op(flow=rules.mixes_along((2, "dims"))),
     torch.flip: Op(flow=rules.mixes_along((1, "dims"))),
     F.normalize: Op(flow=rules.normalize),
@@ -180,6 +182,7 @@ METHODS: dict[str, Op] = {
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
     "unfold": Op(flow=rules.windows),
+    "repeat_interleave": Op(flow=rules.repeat_interleave),
     "roll": Op(flow=rules.mixes_along((2, "dims"))),
     "flip": Op(flow=rules.mixes_along((1, "dims"))),
 }
