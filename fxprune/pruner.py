@@ -41,9 +41,9 @@ DEFAULT_KAPPA = 2.0  # decades of |log10 c| every channel must reach (early stop
 DEFAULT_EPS = 1e-4  # ||DW||_{2,1} below this also ends opt1
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Diagnostics:
-    """What opt1 decided and how clearly."""
+    """What opt1 decided and how clearly. Printed, it is one line (the arrays stay fields)."""
 
     converged: bool
     margin: float  # smallest c among pruned / largest c among kept (inf if one side is empty)
@@ -55,6 +55,15 @@ class Diagnostics:
     pruned: np.ndarray  # bool, same order
     rank_correlation: float  # Spearman: initial norm against being pruned
     penalty: float
+
+
+    def __repr__(self) -> str:
+        kept, pruned = len(self.log10_c_kept), len(self.log10_c_pruned)
+        state = "converged" if self.converged else "not converged"
+        return (f"Diagnostics({state}: margin {self.margin_decades:.2f} decades, "
+                f"{self.decided:.1%} of {kept + pruned} channels decided, {kept} kept, "
+                f"{pruned} pruned, rank correlation with initial norm "
+                f"{self.rank_correlation:.2f}, penalty {self.penalty:.4g})")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

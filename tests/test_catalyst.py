@@ -205,6 +205,9 @@ def test_pruning_a_converged_model_is_lossless(task: dict, converged: CatalystPr
     after = accuracy(intermediate, task["test"])
     d = pruner.diagnostics()
     assert d.margin >= 1e4, f"margin {d.margin:.3g}"
+    kept, pruned = len(d.log10_c_kept), len(d.log10_c_pruned)
+    assert repr(d).startswith("Diagnostics(converged: margin ")
+    assert f"{kept} kept, {pruned} pruned" in repr(d) and len(repr(d)) < 200
     assert abs(before - after) <= 0.1, f"{before:.2f} -> {after:.2f}"
     assert list(catalysts(intermediate))  # D still present on the kept channels
     final = pruner.finalize()
