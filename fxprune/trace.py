@@ -42,6 +42,8 @@ from fxprune.ops.api import ShapeRule
 log = logging.getLogger(__name__)
 
 LEAF_KEY = "fxprune.leaf"
+CAPTURE_KEY = "fxprune.capture"  # gm.meta: how the graph was captured (see `trace`)
+CAPTURES = ("auto", "symbolic", "export")
 SPECIALISED_KEY = "fxprune.specialised"  # gm.meta: `Specialised` values, from example shapes
 OWNER_KEY = "fxprune.owner"
 # Frames inside torch are fx, nn.Module or torch-function machinery, never the user's line.
@@ -78,11 +80,18 @@ class Specialised:
 
 
 class _Proxy(torch.fx.Proxy):
-    """A proxy that becomes an int where Python needs one (``int(...)``, ``range(...)``), and
-    records assignment into it (``x[..., 2] = y``) as an ``operator.setitem`` node."""
+    """A proxy that becomes an int where Python needs one (``int(...)``, ``range(...)``), has
+    a length where it is a sequence of sizes (``*x.shape[:-1]``), and records assignment into
+    it (``x[..., 2] = y``) as an ``operator.setitem`` node."""
 
     def __setitem__(self, key: object, value: object) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __len__(self) -> int:
+        value = self.tracer.sequence(self)
+        if value is None:
+            return super().__len__()  # fx's error: len() of a traced tensor
+        return len(value)
 
     def __int__(self) -> int:
         return self.tracer.concrete(self, int)
@@ -108,6 +117,19 @@ class _Tracer(torch.fx.Tracer):
 
     def to_bool(self, obj: torch.fx.Proxy) -> bool:
         return self.concrete(obj, bool)
+
+    def iter(self, obj: torch.fx.Proxy) -> Iterator[object]:
+        """Iterating a sequence of sizes (``*x.shape[:-1]``): one proxy per element; only the
+        length, the rank, comes from the example."""
+        value = self.sequence(obj)
+        if value is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(value))])
+
+    def sequence(self, obj: torch.fx.Proxy) -> tuple | list | None:
+        """The proxy's value where it is a sequence (of sizes), else None."""
+        value = self._value(obj.node) if self.example is not None else None
+        return value if isinstance(value, (tuple, list)) else None
 
     def concrete(self, obj: torch.fx.Proxy, kind: type) -> int:
         """Control flow on a proxy, or an int made of one: decided on the example inputs where
@@ -434,8 +456,12 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
     Leaf modules that branch on data cannot run on fake tensors; then the graph runs once on
     the real inputs instead.
     """
+    # never update BatchNorm statistics while looking at shapes; an exported graph has the mode
+    # it was captured in written into its ops, and cannot switch
+    exported = gm.meta.get(CAPTURE_KEY, "").startswith("export")
     was_training = gm.training
-    gm.eval()  # never update BatchNorm statistics while looking at shapes
+    if not exported:
+        gm.eval()
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
@@ -447,7 +473,8 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
             with torch.no_grad():
                 _ShapeProp(gm).run(*inputs)
     finally:
-        gm.train(was_training)
+        if not exported:
+            gm.train(was_training)
 
 
 def trace(
@@ -456,24 +483,41 @@ def trace(
     *,
     example_kwargs: Mapping[str, torch.Tensor] | None = None,
     leaf_modules: Iterable[type] = (),
+    capture: str = "auto",
 ) -> torch.fx.GraphModule:
-    """Symbolically trace `model` and record every node's shape and dtype.
+    """Capture `model` as a graph and record every node's shape and dtype.
 
-    Submodules whose forward cannot be traced (data-dependent control flow) are retried as
-    leaves; their channels are then frozen, with the reason in ``node.meta["fxprune.leaf"]``.
-    Forward arguments given neither in `example_inputs` nor by name in `example_kwargs` are
-    traced at their defaults (the graph keeps them as placeholders with those defaults).
-    Raises `InputError` for unusable input and `TraceError` when nothing works.
+    `capture` says how: ``"symbolic"`` (torch.fx symbolic tracing: the graph calls the model's
+    own modules), ``"export"`` (torch.export, non-strict: functional ATen ops on the model's
+    parameters, specialised to the example's shapes), or ``"auto"``: symbolic where it works,
+    torch.export where it fails or leaves a submodule opaque, symbolic with leaves where
+    torch.export fails too. The path taken is in ``gm.meta["fxprune.capture"]``.
+
+    Symbolically, submodules whose forward cannot be traced (data-dependent control flow) are
+    retried as leaves; their channels are then frozen, with the reason in
+    ``node.meta["fxprune.leaf"]``. Forward arguments given neither in `example_inputs` nor by
+    name in `example_kwargs` are traced at their defaults (the graph keeps them as placeholders
+    with those defaults). Raises `InputError` for unusable input and `TraceError` when nothing
+    works.
     """
+    if capture not in CAPTURES:
+        raise InputError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
     model = check_module(model)
     inputs = as_input_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
-    as_input_tuple(tuple(kwargs.values()))  # keyword inputs are tensors too
+    odd = [k for k, v in kwargs.items()
+           if not isinstance(v, (torch.Tensor, bool, int, float, str, type(None)))]
+    if odd:
+        raise InputError(f"example_kwargs {', '.join(odd)}: a keyword input is a tensor or a "
+                         "constant (bool, number, string, None)")
     if isinstance(model, torch.fx.GraphModule):
-        gm, leaves = model, {}
+        gm, leaves, how = model, {}, model.meta.get(CAPTURE_KEY, "symbolic")
+    elif capture == "export":
+        gm, leaves, how = _export(model, inputs, kwargs), {}, "export"
     else:
-        concrete = _defaults(model, len(inputs), kwargs)
-        gm, leaves = _symbolic_trace(model, tuple(leaf_modules), concrete, _Example(inputs, kwargs))
+        gm, leaves, how = _capture_symbolic(model, inputs, kwargs, tuple(leaf_modules),
+                                            fallback=capture == "auto")
+    gm.meta[CAPTURE_KEY] = how
     inputs = _placeholder_values(gm.graph, inputs, kwargs)
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in leaves:
@@ -484,6 +528,65 @@ def trace(
                 node.meta[OWNER_KEY] = ParamOwner(owner, type(model.get_submodule(owner)))
     propagate_shapes(gm, inputs)
     return gm
+
+
+def _capture_symbolic(model: torch.nn.Module, inputs: tuple[object, ...],
+                      kwargs: dict[str, object], leaf_types: tuple[type, ...], *,
+                      fallback: bool) -> tuple[torch.fx.GraphModule, dict[str, LeafReason], str]:
+    """Symbolic tracing; with `fallback`, torch.export where it fails or makes leaves."""
+    concrete = _defaults(model, len(inputs), kwargs)
+    concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
+    try:
+        gm, leaves = _symbolic_trace(model, leaf_types, concrete, _Example(inputs, kwargs))
+    except TraceError as symbolic:
+        if not fallback:
+            raise
+        try:
+            return _export(model, inputs, kwargs), {}, "export (symbolic tracing failed)"
+        except TraceError as exported:
+            raise TraceError(f"{symbolic} And {exported}") from symbolic
+    if leaves and fallback:
+        try:
+            gm = _export(model, inputs, kwargs)
+        except TraceError as exc:
+            log.info("torch.export failed too, keeping %d leaves: %s", len(leaves), exc)
+            return gm, leaves, "symbolic"
+        return gm, {}, f"export (symbolic tracing left {len(leaves)} submodules opaque)"
+    return gm, leaves, "symbolic"
+
+
+def _export(model: torch.nn.Module, inputs: tuple[object, ...],
+            kwargs: dict[str, object]) -> torch.fx.GraphModule:
+    """torch.export, non-strict, as a GraphModule of ATen ops on the model's parameters."""
+    try:
+        with _kept_state(model):
+            program = torch.export.export(model, inputs, kwargs or None, strict=False,
+                                          dynamic_shapes=_batch_dims(model, inputs, kwargs))
+    except Exception as exc:  # noqa: BLE001 - export raises many kinds; the message says which
+        raise TraceError(f"torch.export cannot capture {type(model).__name__}: "
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+    return program.module(check_guards=False)
+
+
+def _batch_dims(model: torch.nn.Module, inputs: tuple[object, ...],
+                kwargs: dict[str, object]) -> dict[str, object] | None:
+    """Dim 0 of every tensor input free to vary (the batch), where the example's size there is
+    not 1 (torch.export then keeps it), so that the ONNX file takes any batch."""
+    try:
+        bound = inspect.signature(model.forward).bind(*inputs, **kwargs)
+    except (TypeError, ValueError):
+        return None
+
+    def spec(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: spec(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec(v) for v in value)
+        if isinstance(value, torch.Tensor) and value.dim():
+            return {0: torch.export.Dim.AUTO}
+        return None
+
+    return {name: spec(value) for name, value in bound.arguments.items()}
 
 
 def _placeholder_values(graph: torch.fx.Graph, inputs: tuple[object, ...],

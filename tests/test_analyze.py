@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import group_with, member, summary
 from models import NO_EXACT_GROUP, NO_PRUNABLE_GROUP, build
 
@@ -276,3 +277,7 @@ def test_a_conv_sliding_along_channels_freezes_them() -> None:
 def test_windows_unfolded_along_channels_freeze_them() -> None:
     g = group_with(analyze("halo"), "c.weight", 0)
     assert not g.prunable and "slides windows over its channel dim 1 at %unfold_2" in g.reason
+
+
+def test_a_model_without_parameters_has_no_groups() -> None:
+    assert fxprune.analyze(fxprune.trace(torch.nn.Identity(), torch.randn(2, 3))).groups == ()

@@ -78,6 +78,15 @@ def test_inspect_user_file_factory(user_file: Path, capsys: pytest.CaptureFixtur
     assert "group 1: reaches the model output" in out
 
 
+def test_inspect_can_capture_with_torch_export(user_file: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", f"{user_file}:make", "--input-shape", "1,3,8,8",
+                 "--capture", "export"]) == 0
+    out = capsys.readouterr().out
+    assert [row[:3] for row in _table(out)] == [("0", "8", "prunable"), ("1", "4", "frozen")]
+    assert "captured (export) and analysed" in out
+
+
 def test_inspect_says_where_the_graph_holds_the_example_size(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "windows.py"

@@ -16,7 +16,7 @@ from fxprune.coverage import coverage
 from fxprune.errors import FxPruneError
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import analyze
-from fxprune.trace import SPECIALISED_KEY, trace
+from fxprune.trace import CAPTURE_KEY, CAPTURES, SPECIALISED_KEY, trace
 
 
 def _members(group: ChannelGroup, width: int = 64) -> str:
@@ -59,14 +59,15 @@ def _inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     shape = shape or default_shape(args.model, model)
     start = time.perf_counter()
-    gm = trace(model, example_input(shape, args.input_dtype))
+    gm = trace(model, example_input(shape, args.input_dtype), capture=args.capture)
     graph = analyze(gm, strict=args.strict)
     elapsed = time.perf_counter() - start
     print(format_table(graph))
     share = coverage(gm, graph)
     print(f"{share.share:.1%} of the conv/linear output channels are in prunable groups "
           f"({share.prunable} of {share.channels})")
-    print(f"traced and analysed {args.model} at input {shape} in {elapsed * 1000:.0f} ms")
+    print(f"captured ({gm.meta[CAPTURE_KEY]}) and analysed {args.model} at input {shape} in "
+          f"{elapsed * 1000:.0f} ms")
     decided = gm.meta.get(SPECIALISED_KEY, ())
     if decided:
         print(f"the graph is specialised to that input size: the model branches on sizes or "
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show the coupled channel groups of a model")
     _add_model_arguments(p)
     p.add_argument("--strict", action="store_true", help="fail on ops fxprune does not know")
+    p.add_argument("--capture", choices=CAPTURES, default="auto",
+                   help="symbolic tracing, torch.export, or the first that captures it all")
     p.add_argument("--json", help="write the groups as JSON")
     p.add_argument("--dot", help="write the graph as Graphviz dot")
     p.add_argument("--html", help="write a self-contained HTML page drawing the groups")

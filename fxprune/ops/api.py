@@ -52,6 +52,9 @@ class Op:
     # inplace=True): a catalyst read only by such ops may return a view (see _Catalyse).
     fresh: bool = False
     shape: ShapeRule | None = None  # output shape without running the op (fast tracing)
+    # An ATen op that is a known function with its arguments in another order (aten.batch_norm
+    # is F.batch_norm's): where each of the function's positional arguments sits in the op's.
+    positions: tuple[int, ...] | None = None
 
 
 class Context:
@@ -87,6 +90,11 @@ class Context:
     # inputs of the current node
     def arg(self, i: int, name: str, default: object = None) -> object:
         args = self.node.args
+        positions = self.entry.positions if self.entry is not None else None
+        if positions is not None:
+            if i >= len(positions):
+                return self.node.kwargs.get(name, default)
+            i = positions[i]
         if i < len(args):
             return args[i]
         return self.node.kwargs.get(name, default)
@@ -154,6 +162,26 @@ class Context:
         if at is not None and np.array_equal(self.members[at][3], ids):
             node, qualified, dim, held, _ = self.members[at]
             self.members[at] = (node, qualified, dim, held, "in")
+
+    def adopt(self, value: object, dim: int, ids: np.ndarray) -> bool:
+        """A parameter read here and nowhere else (its get_attr node has this one user) takes
+        the channels `ids` along `dim`: it reads them (role "in") as a module's weight would,
+        and the spaces they come from stay apart (a conv reading a concatenation of two layers'
+        channels). False where the parameter is used elsewhere too (tied, or computed on first,
+        as in weight standardisation): then the rule couples its atoms with `ids` instead."""
+        if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"
+                and len(value.users) == 1):
+            return False
+        held = self.tflow(value).dims.get(dim)
+        at = self._bare.get(int(held[0])) if held is not None and len(held) == len(ids) else None
+        if at is None or not np.array_equal(self.members[at][3], held):
+            return False
+        node, qualified, d, _, _ = self.members[at]
+        self.members[at] = (node, qualified, d, ids, "in")
+        self.params[(qualified, d)] = ids
+        self.flows[value] = Flow({**self.tflow(value).dims, dim: ids})
+        self.atoms.discard(held)  # the parameter's own atoms for that dim are no channels now
+        return True
 
     def not_channels(self, value: object, dims: Iterable[int]) -> None:
         """`value`'s `dims` carry no channels (a conv weight's kernel dims, or its input dim

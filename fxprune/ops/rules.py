@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fxprune.ops import flow as fl
-from fxprune.ops.api import CHANNEL_SIZED_KEY, Context, Op, Rule, is_tensor
+from fxprune.ops.api import CHANNEL_SIZED_KEY, Context, Op, Rule, is_tensor, untracked_like
 from fxprune.ops.flow import UNTRACKED, Flow
 
 
@@ -35,8 +35,9 @@ def elementwise(cx: Context, op: Op) -> Flow:
 
 def divide(cx: Context, op: Op) -> Flow:
     denominator = cx.arg(1, "other")
-    if isinstance(denominator, torch.fx.Node):
-        cx.atoms.mark_inexact(cx.tflow(denominator).atoms(), f"divides by a channel at {cx.where}")
+    if isinstance(denominator, torch.fx.Node):  # a value broadcast along channels is none
+        ids = [a for a in cx.tflow(denominator).atoms().tolist() if a not in cx.atoms.discarded]
+        cx.atoms.mark_inexact(np.asarray(ids, dtype=np.int64), f"divides by a channel at {cx.where}")
     return elementwise(cx, op)
 
 
@@ -78,12 +79,24 @@ def view(cx: Context, op: Op) -> Flow:
 
 
 def expand(cx: Context, op: Op) -> Flow:
-    return _sized(resize(cx, op), cx)
+    """expand / expand_as / broadcast_to: dims of size 1 that grow repeat one value, as a
+    broadcast in an elementwise op would: they get atoms of their own, discarded (never a
+    group by themselves), so that the op they meet couples them with its channels and
+    surgery shrinks them with those (``x / x.norm(dim=1, keepdim=True).expand_as(x)``)."""
+    in_shape, out_shape = cx.shape(0), cx.out_shape
+    flow = fl.resize(cx.atoms, cx.tflow(0), in_shape, out_shape, cx.where)
+    pad = len(out_shape) - len(in_shape)
+    dims = dict(flow.dims)
+    for d, size in enumerate(out_shape):
+        if d not in dims and size > 1 and (d < pad or in_shape[d - pad] == 1):
+            dims[d] = cx.atoms.fresh(size)
+            cx.atoms.discard(dims[d])
+    return _sized(Flow(dims), cx) if cx.node.target in ("expand", torch.ops.aten.expand.default) else Flow(dims)
 
 
 def transpose(cx: Context, op: Op) -> Flow:
     ndim = len(cx.shape(0))
-    if cx.node.target in ("t", torch.t) or ndim < 2 and cx.arg(1, "dim0") is None:
+    if cx.node.target in ("t", torch.t, torch.ops.aten.t.default) or ndim < 2 and cx.arg(1, "dim0") is None:
         a, b = 0, 1
     else:
         a, b = cx.arg(1, "dim0") % ndim, cx.arg(2, "dim1") % ndim
@@ -271,6 +284,25 @@ def _gather(cx: Context, flow: Flow, entries: list[object], advanced: list[int])
     return Flow({d if d < k else d - 1 + n: ids for d, ids in flow.dims.items() if d != k})
 
 
+def slice_dim(cx: Context, op: Op) -> Flow:
+    """aten.slice(x, dim, start, end, step): x[..., start:end:step] along `dim`."""
+    ndim = len(cx.shape(0))
+    dim = cx.arg(1, "dim", 0) % ndim
+    index = slice(cx.arg(2, "start"), cx.arg(3, "end"), cx.arg(4, "step", 1))
+    return _index(cx, cx.tflow(0), cx.shape(0), (slice(None),) * dim + (index,))
+
+
+def index_tensors(cx: Context, op: Op) -> Flow:
+    """aten.index(x, [None, idx]): advanced indexing with full slices where None."""
+    entries = [slice(None) if i is None else i for i in cx.arg(1, "indices")]
+    return _index(cx, cx.tflow(0), cx.shape(0), tuple(entries))
+
+
+def creates(cx: Context, op: Op) -> object:
+    """A new tensor from sizes alone (arange, zeros, full): no channels."""
+    return untracked_like(cx.node.meta.get("tensor_meta"))
+
+
 def select(cx: Context, op: Op) -> Flow:  # x.select(dim, i) / x.narrow(dim, start, length)
     ndim = len(cx.shape(0))
     dim = cx.arg(1, "dim") % ndim
@@ -438,12 +470,14 @@ def functional_linear(cx: Context, op: Op) -> Flow:
     if out is None:
         out = cx.atoms.fresh(cx.out_shape[-1])
         cx.atoms.freeze(out, f"linear weight without channels at {cx.where}")
-    fl.elementwise(cx.atoms, [(Flow({0: flow.dims[last]} if last in flow.dims else {}),
-                               [cx.shape(x)[-1]]),
-                              (Flow({0: w[1]} if 1 in w else {}), [cx.shape(weight)[1]])],
-                   [cx.shape(x)[-1]], cx.where)
-    if 1 in w:
-        cx.reads(w[1])
+    if last not in flow.dims:  # the model's input: its features are no channels
+        cx.not_channels(weight, [1])
+    elif not (1 in w and cx.adopt(weight, 1, flow.dims[last])):
+        fl.elementwise(cx.atoms, [(Flow({0: flow.dims[last]}), [cx.shape(x)[-1]]),
+                                  (Flow({0: w[1]} if 1 in w else {}), [cx.shape(weight)[1]])],
+                       [cx.shape(x)[-1]], cx.where)
+        if 1 in w:
+            cx.reads(w[1])
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
         cx.atoms.union(out, cx.tflow(bias).dims[0])
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
@@ -474,8 +508,9 @@ def functional_conv(cx: Context, op: Op) -> Flow:
             if groups > 1:
                 x = cx.atoms.unite(x.reshape(groups, -1), 0)
             if 1 in w:
-                cx.atoms.union(x, w[1])
-                cx.reads(w[1])
+                if not cx.adopt(weight, 1, x):
+                    cx.atoms.union(x, w[1])
+                    cx.reads(w[1])
             else:
                 cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
     if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
@@ -483,6 +518,53 @@ def functional_conv(cx: Context, op: Op) -> Flow:
     kernel = cx.shape(weight)[2:]
     return Flow({**_along_positions(cx, kernel, cx.arg(3, "stride", 1), cx.arg(4, "padding", 0)),
                  1: out})
+
+
+def addmm(cx: Context, op: Op) -> Flow:
+    """addmm(bias, x, w) = bias + x @ w (transformers' Conv1D in GPT-2): the weight's dim 0
+    reads x's features, its dim 1 makes the output's, with the bias."""
+    bias, x, w = cx.arg(0, "input"), cx.arg(1, "mat1"), cx.arg(2, "mat2")
+    features = cx.tflow(x).dims.get(1)
+    if features is None:
+        cx.not_channels(w, [0])
+    elif not (0 in cx.tflow(w).dims and cx.adopt(w, 0, features)):
+        fl.matmul(cx.atoms, (cx.tflow(x), cx.shape(x)), (cx.tflow(w), cx.shape(w)),
+                  cx.out_shape, cx.where)
+    out = cx.tflow(w).dims.get(1)
+    if out is None:
+        out = cx.atoms.fresh(cx.out_shape[1])
+        cx.atoms.freeze(out, f"addmm weight without channels at {cx.where}")
+    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
+        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    return Flow({1: out})
+
+
+def functional_conv_transpose(cx: Context, op: Op) -> Flow:
+    """aten.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, ...):
+    the weight's dim 0 carries the input channels, its dim 1 the output channels of one conv
+    group, so with groups output index j of every group goes together (as for the module)."""
+    weight, bias, groups = cx.arg(1, "weight"), cx.arg(2, "bias"), cx.arg(6, "groups", 1)
+    x = cx.tflow(0).dims.get(1)
+    cx.not_channels(weight, list(range(2, len(cx.shape(weight)))))
+    w = cx.tflow(weight).dims
+    out = w.get(1)
+    if out is None:
+        out = cx.atoms.fresh(cx.shape(weight)[1])
+        cx.atoms.freeze(out, f"transposed conv weight without channels at {cx.where}")
+    out = np.tile(out, groups)
+    if x is None:
+        cx.not_channels(weight, [0])
+    elif 0 in w:
+        if groups > 1:  # keep every conv group the same width: couple index j of each
+            x = np.tile(cx.atoms.unite(x.reshape(groups, -1), 0), groups)
+        if not cx.adopt(weight, 0, x):
+            cx.atoms.union(x, w[0])
+            cx.reads(w[0])
+    else:
+        cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
+    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
+        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    return Flow({1: out})
 
 
 def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ...]) -> None:
@@ -614,7 +696,7 @@ def embedding(cx: Context, op: Op) -> Flow:
 
 
 def pixel_shuffle(cx: Context, op: Op) -> Flow:
-    r = cx.module().upscale_factor
+    r = cx.module().upscale_factor if cx.node.op == "call_module" else cx.arg(1, "upscale_factor")
     flow = cx.tflow(0)
     if 1 not in flow.dims:
         return UNTRACKED
@@ -623,7 +705,8 @@ def pixel_shuffle(cx: Context, op: Op) -> Flow:
 
 
 def pixel_unshuffle(cx: Context, op: Op) -> Flow:
-    r = cx.module().downscale_factor
+    r = (cx.module().downscale_factor if cx.node.op == "call_module"
+         else cx.arg(1, "downscale_factor"))
     flow = cx.tflow(0)
     return Flow({1: np.repeat(flow.dims[1], r * r)}) if 1 in flow.dims else UNTRACKED
 

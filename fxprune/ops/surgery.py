@@ -71,6 +71,28 @@ def rewrite_sizes(rx: Resize, node: torch.fx.Node) -> None:
     node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
 
 
+def rewrite_unflatten(rx: Resize, node: torch.fx.Node) -> None:
+    """unflatten(x, dim, sizes): the sizes of the split dim are the new shape's there."""
+    x, dim, sizes = node.args[0], node.args[1], node.args[2]
+    dim %= len(rx.old_shape(x))
+    node.args = (x, node.args[1], type(sizes)(rx.new_shape(node)[dim:dim + len(sizes)]),
+                 *node.args[3:])
+
+
+def rewrite_conv_groups(rx: Resize, node: torch.fx.Node) -> None:
+    """F.conv2d / aten.conv2d(x, w, b, stride, padding, dilation, groups): a depthwise conv's
+    group count is its channel count."""
+    x = node.args[0]
+    old, new = rx.old_shape(x)[1], rx.new_shape(x)[1]
+    in_args = len(node.args) > 6
+    groups = node.args[6] if in_args else node.kwargs.get("groups", 1)
+    if groups == old != new:
+        if in_args:
+            node.args = (*node.args[:6], new, *node.args[7:])
+        else:
+            node.kwargs = {**node.kwargs, "groups": new}
+
+
 def rewrite_split(rx: Resize, node: torch.fx.Node) -> None:
     """split / chunk along a pruned dim: explicit new sizes (a chunk may now be uneven)."""
     x = node.args[0]
@@ -89,7 +111,14 @@ def rewrite_index(rx: Resize, node: torch.fx.Node) -> None:
     if not isinstance(x, torch.fx.Node) or not hasattr(x.meta.get("tensor_meta"), "shape"):
         return
     ndim = len(rx.old_shape(x))
-    if node.target in ("narrow", torch.narrow, "select", torch.select):
+    if node.target is torch.ops.aten.slice.Tensor:
+        dim = (node.args[1] if len(node.args) > 1 else 0) % ndim
+        keep = rx.keep(x, dim)
+        if keep is not None:
+            start, stop, step = slice(*(list(node.args[2:5]) + [None] * 3)[:3]).indices(len(keep))
+            node.args = (x, node.args[1], _moved(keep, start), _moved(keep, stop), step)
+        return
+    if node.target in ("narrow", torch.narrow, "select", torch.select, torch.ops.aten.select.int):
         dim = node.args[1] % ndim
         keep = rx.keep(x, dim)
         if keep is not None:

@@ -38,6 +38,7 @@ RESIZE = Op(flow=rules.resize)
 POOL = Op(flow=rules.resize, fresh=True)
 RESHAPE = Op(flow=rules.reshape)
 _SIZES = Op(flow=rules.view, rewrite=surgery.rewrite_sizes)
+_UNFLATTEN = Op(flow=rules.reshape, rewrite=surgery.rewrite_unflatten)
 
 MODULES: dict[type, Op] = {
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _CONV),
@@ -55,6 +56,7 @@ MODULES: dict[type, Op] = {
     nn.Embedding: Op(flow=rules.embedding, out_params={"weight": 1}, sync=surgery.sync_embedding,
                      produces=-1),
     nn.MultiheadAttention: Op(flow=rules.multihead_attention, sync=surgery.sync_attention,
+                              out_params={"in_proj_weight": 0, "in_proj_bias": 0},
                               in_params={"in_proj_weight": 1, "out_proj.weight": 1}),
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                      nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
@@ -107,8 +109,10 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     **dict.fromkeys((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
                      F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.avg_pool1d, F.avg_pool2d,
                      F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate,
-                     F.pad, torch.broadcast_to), RESIZE),
-    **dict.fromkeys((torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten), RESHAPE),
+                     F.pad), RESIZE),
+    torch.broadcast_to: Op(flow=rules.expand),
+    **dict.fromkeys((torch.flatten, torch.squeeze, torch.unsqueeze), RESHAPE),
+    torch.unflatten: _UNFLATTEN,
     torch.reshape: _SIZES,
     **dict.fromkeys((torch.transpose, torch.swapaxes, torch.t), _TRANSPOSE),
     torch.permute: _PERMUTE,
@@ -122,6 +126,7 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     operator.getitem: Op(flow=rules.getitem, rewrite=surgery.rewrite_index),
     operator.setitem: Op(flow=rules.assigns),
     **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), _MATMUL),
+    torch.addmm: Op(flow=rules.addmm, produces=-1, fresh=True),
     F.scaled_dot_product_attention: Op(flow=rules.sdpa),
     torch.sum: _SUM,
     torch.norm: _NORM,
@@ -138,7 +143,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
                      fresh=True),
     F.linear: Op(flow=rules.functional_linear, produces=-1, fresh=True),
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d),
-                    Op(flow=rules.functional_conv, produces=1, fresh=True)),
+                    Op(flow=rules.functional_conv, rewrite=surgery.rewrite_conv_groups,
+                       produces=1, fresh=True)),
     F.batch_norm: Op(flow=rules.functional_batch_norm, catalyst_after=True, norm=True,
                      fresh=True),
     F.instance_norm: Op(flow=rules.functional_instance_norm, catalyst_after=True, norm=True,
@@ -161,11 +167,12 @@ METHODS: dict[str, Op] = {
     **dict.fromkeys(("contiguous", "clone", "detach", "to", "type", "type_as", "float", "half",
                      "double", "bfloat16", "neg", "abs", "exp", "sqrt", "clamp", "clamp_",
                      "clip", "zero_", "fill_", "new_zeros_like", "requires_grad_"), UNARY),
-    **dict.fromkeys(("flatten", "squeeze", "unsqueeze", "unflatten"), RESHAPE),
+    **dict.fromkeys(("flatten", "squeeze", "unsqueeze"), RESHAPE),
+    "unflatten": _UNFLATTEN,
     **dict.fromkeys(("view", "reshape"), _SIZES),
     **dict.fromkeys(("view_as", "reshape_as"), RESHAPE),
     "expand": Op(flow=rules.expand, rewrite=surgery.rewrite_sizes),
-    **dict.fromkeys(("expand_as", "broadcast_to"), RESIZE),
+    **dict.fromkeys(("expand_as", "broadcast_to"), Op(flow=rules.expand)),
     **dict.fromkeys(("transpose", "swapaxes", "t"), _TRANSPOSE),
     "permute": _PERMUTE,
     "movedim": Op(flow=rules.movedim),
@@ -185,6 +192,91 @@ METHODS: dict[str, Op] = {
     "repeat_interleave": Op(flow=rules.repeat_interleave),
     "roll": Op(flow=rules.mixes_along((2, "dims"))),
     "flip": Op(flow=rules.mixes_along((1, "dims"))),
+}
+
+
+# The ATen ops that torch.export emits (`fxprune.trace(capture="export")`), each the entry of
+# the function or method it is, with its arguments in the same order unless `positions` says.
+aten = torch.ops.aten
+_BN_ORDER = (0, 3, 4, 1, 2, 5, 6, 7)  # aten: (x, weight, bias, mean, var, ...); F: (x, mean, var, weight, bias, ...)
+ATEN: dict[object, Op] = {
+    **dict.fromkeys((aten.conv1d.default, aten.conv2d.default, aten.conv3d.default),
+                    FUNCTIONS[F.conv2d]),
+    **dict.fromkeys((aten.conv_transpose1d.default, aten.conv_transpose2d.input,
+                     aten.conv_transpose3d.input),
+                    Op(flow=rules.functional_conv_transpose, produces=1, fresh=True)),
+    aten.linear.default: FUNCTIONS[F.linear],
+    aten.addmm.default: FUNCTIONS[torch.addmm],
+    aten.batch_norm.default: replace(FUNCTIONS[F.batch_norm], positions=_BN_ORDER),
+    aten.instance_norm.default: replace(FUNCTIONS[F.instance_norm], positions=_BN_ORDER),
+    aten.group_norm.default: FUNCTIONS[F.group_norm],
+    aten.layer_norm.default: FUNCTIONS[F.layer_norm],
+    aten.embedding.default: replace(FUNCTIONS[F.embedding], positions=(1, 0)),
+    aten.prelu.default: FUNCTIONS[F.prelu],
+    **dict.fromkeys((aten.relu.default, aten.relu_.default, aten.gelu.default, aten.silu.default,
+                     aten.silu_.default, aten.sigmoid.default, aten.tanh.default,
+                     aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
+                     aten.hardtanh.default, aten.hardtanh_.default, aten.leaky_relu.default,
+                     aten.elu.default, aten.mish.default, aten.softplus.default), ACTIVATION),
+    **dict.fromkeys((aten.contiguous.default, aten.clone.default, aten.dropout.default,
+                     aten.alias.default, aten.detach.default, aten.to.dtype,
+                     aten._to_copy.default, aten.type_as.default, aten.neg.default,
+                     aten.abs.default, aten.exp.default, aten.sqrt.default, aten.clamp.default,
+                     aten.clamp_min.default, aten.clamp_max.default, aten.erf.default,
+                     aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default,
+                     aten.full_like.default), UNARY),
+    **dict.fromkeys((aten.rsqrt.default, aten.reciprocal.default, aten.log.default), _INEXACT),
+    **dict.fromkeys((aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.add.Scalar,
+                     aten.sub.Scalar, aten.mul.Scalar), ARITHMETIC),
+    **dict.fromkeys((aten.add_.Tensor, aten.sub_.Tensor, aten.mul_.Tensor,
+                     aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.maximum.default,
+                     aten.minimum.default, aten.where.self, aten.masked_fill.Scalar),
+                    ELEMENTWISE),
+    **dict.fromkeys((aten.div.Tensor, aten.div.Scalar, aten.div_.Tensor), _DIVIDE),
+    **dict.fromkeys((aten.view.default, aten.reshape.default, aten._unsafe_view.default), _SIZES),
+    aten.expand.default: METHODS["expand"],
+    **dict.fromkeys((aten.view_as.default, aten.reshape_as.default, aten.flatten.using_ints,
+                     aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
+                     aten.unsqueeze.default), RESHAPE),
+    aten.unflatten.int: _UNFLATTEN,
+    aten.expand_as.default: METHODS["expand_as"],
+    **dict.fromkeys((aten.transpose.int, aten.t.default), _TRANSPOSE),
+    aten.permute.default: _PERMUTE,
+    aten.movedim.int: FUNCTIONS[torch.movedim],
+    aten.cat.default: _CAT,
+    aten.stack.default: FUNCTIONS[torch.stack],
+    **dict.fromkeys((aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default), _SPLIT),
+    aten.unbind.int: FUNCTIONS[torch.unbind],
+    aten.select.int: FUNCTIONS[torch.select],
+    aten.slice.Tensor: Op(flow=rules.slice_dim, rewrite=surgery.rewrite_index),
+    aten.index.Tensor: Op(flow=rules.index_tensors),
+    aten.repeat.default: METHODS["repeat"],
+    **dict.fromkeys((aten.matmul.default, aten.bmm.default, aten.mm.default), _MATMUL),
+    aten.scaled_dot_product_attention.default: FUNCTIONS[F.scaled_dot_product_attention],
+    aten.einsum.default: FUNCTIONS[torch.einsum],
+    aten.sum.dim_IntList: _SUM,
+    aten.linalg_vector_norm.default: _NORM,
+    **dict.fromkeys((aten.mean.dim, aten.amax.default, aten.amin.default, aten.max.dim,
+                     aten.min.dim, aten.var.correction, aten.std.correction,
+                     aten.logsumexp.default, aten.prod.dim_int), _REDUCE),
+    **dict.fromkeys((aten.softmax.int, aten._softmax.default, aten.log_softmax.int), _SOFTMAX),
+    aten.cumsum.default: FUNCTIONS[torch.cumsum],
+    aten.roll.default: FUNCTIONS[torch.roll],
+    aten.flip.default: FUNCTIONS[torch.flip],
+    aten.unfold.default: METHODS["unfold"],
+    aten.repeat_interleave.self_int: FUNCTIONS[torch.repeat_interleave],
+    **dict.fromkeys((aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+                     aten.adaptive_avg_pool3d.default,
+                     aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default,
+                     aten.avg_pool1d.default, aten.avg_pool2d.default, aten.avg_pool3d.default,
+                     aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec,
+                     aten.pad.default, aten.constant_pad_nd.default), RESIZE),
+    aten.pixel_shuffle.default: Op(flow=rules.pixel_shuffle),
+    aten.pixel_unshuffle.default: Op(flow=rules.pixel_unshuffle),
+    aten.channel_shuffle.default: FUNCTIONS[torch.channel_shuffle],
+    **dict.fromkeys((aten.arange.default, aten.arange.start, aten.arange.start_step,
+                     aten.zeros.default, aten.ones.default, aten.full.default,
+                     aten.scalar_tensor.default), Op(flow=rules.creates)),
 }
 
 
@@ -215,7 +307,7 @@ def lookup(node: torch.fx.Node, module: nn.Module | None) -> Op | None:
         return lookup_module(module)
     if node.op == "call_function":
         try:
-            entry = FUNCTIONS.get(node.target)
+            entry = FUNCTIONS.get(node.target) or ATEN.get(node.target)
         except TypeError:  # unhashable target
             return None
         if entry is None:

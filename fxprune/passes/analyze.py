@@ -101,6 +101,8 @@ def _size_value(cx: Context, node: torch.fx.Node) -> object:
         return _shape_of(cx, args[0])
     if node.op != "call_function":
         return None
+    if node.target is torch.ops.aten.sym_size.int:  # an exported graph's x.size(d)
+        return SizeOf(frozenset({(args[0], args[1] % len(cx.shape(args[0])))}))
     if node.target is getattr and args[1:] == ("shape",) and isinstance(args[0], torch.fx.Node):
         return _shape_of(cx, args[0])
     if node.target is operator.getitem and isinstance(cx.flow(args[0]), tuple):
@@ -166,7 +168,7 @@ def _collect(cx: Context) -> ChannelGraph:
     roots = np.unique(chan_of)
     order = np.argsort(group_of[roots], kind="stable")
     by_group = group_of[roots][order]
-    starts = np.flatnonzero(np.r_[True, by_group[1:] != by_group[:-1]])
+    starts = np.flatnonzero(np.r_[len(order) > 0, by_group[1:] != by_group[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
     local[roots[order]] = np.arange(len(order)) - np.repeat(starts, sizes)
     counts = dict(zip(by_group[starts].tolist(), sizes.tolist()))
