@@ -375,9 +375,16 @@ class _ShapeProp(torch.fx.Interpreter):
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
         value = super().get_attr(target, args, kwargs)
-        if self.mode is not None and isinstance(value, torch.Tensor):
-            return self.mode.from_tensor(value)
-        return value
+        if self.mode is None or not isinstance(value, torch.Tensor):
+            return value
+        if value.layout is torch.strided and not value.is_quantized:
+            # made from a meta tensor directly: the fake mode's conversion of a real tensor
+            # (which keeps a memo and its storage's details) costs about 50 times as much
+            with unset_fake_temporarily():
+                meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
+                                           device="meta")
+            return FakeTensor(self.mode, meta, value.device)
+        return self.mode.from_tensor(value)
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
         module = self._modules[target]
