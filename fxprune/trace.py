@@ -554,11 +554,16 @@ def _capture_symbolic(model: torch.nn.Module, inputs: tuple[object, ...],
             raise TraceError(f"{symbolic} And {exported}") from symbolic
     if leaves and fallback:
         try:
-            gm = _export(model, inputs, kwargs)
+            exported = _export(model, inputs, kwargs)
         except TraceError as exc:
             log.info("torch.export failed too, keeping %d leaves: %s", len(leaves), exc)
             return gm, leaves, "symbolic"
-        return gm, {}, f"export (symbolic tracing left {len(leaves)} submodules opaque)"
+        regions = [n for n in exported.graph.nodes
+                   if isinstance(n.target, torch._ops.HigherOrderOperator)]
+        if regions:  # an autocast or checkpoint region is as opaque as a leaf, and larger
+            log.info("torch.export wraps %s in a region, keeping %d leaves", regions[0], len(leaves))
+            return gm, leaves, "symbolic"
+        return exported, {}, f"export (symbolic tracing left {len(leaves)} submodules opaque)"
     return gm, leaves, "symbolic"
 
 
@@ -578,7 +583,7 @@ def _export(model: torch.nn.Module, inputs: tuple[object, ...],
 def _batch_dims(model: torch.nn.Module, inputs: tuple[object, ...],
                 kwargs: dict[str, object]) -> dict[str, object] | None:
     """Dim 0 of every tensor input free to vary (the batch), where the example's size there is
-    not 1 (torch.export then keeps it), so that the ONNX file takes any batch."""
+    not 1 (torch.export would fix it at 1 anyway), so that the ONNX file takes any batch."""
     try:
         bound = inspect.signature(model.forward).bind(*inputs, **kwargs)
     except (TypeError, ValueError):
@@ -589,7 +594,7 @@ def _batch_dims(model: torch.nn.Module, inputs: tuple[object, ...],
             return {k: spec(v) for k, v in value.items()}
         if isinstance(value, (tuple, list)):
             return type(value)(spec(v) for v in value)
-        if isinstance(value, torch.Tensor) and value.dim():
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
             return {0: torch.export.Dim.AUTO}
         return None
 

@@ -323,6 +323,23 @@ class Gathers(nn.Module):
         return self.head(y) + self.tail(z) + r.sum(-1, keepdim=True)
 
 
+class BiasedAttention(nn.Module):
+    """Attention with a bias per head from a small MLP (timm's relative-position ViTs): the
+    MLP's outputs are heads, which this attention does not prune, so they are frozen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.bias, self.out = nn.Linear(8, 24), nn.Linear(2, 2), nn.Linear(8, 3)
+        self.register_buffer("coords", torch.randn(5, 5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 5, 8)
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        mask = self.bias(self.coords).permute(2, 0, 1).unsqueeze(0)  # (1, heads, L, L)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(n, length, -1))
+
+
 class Functional(nn.Module):
     """Bare parameters through F.conv2d, F.batch_norm (running statistics as buffers),
     F.group_norm and F.linear: the same couplings as the modules they stand for."""
@@ -394,6 +411,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "aggregate": (Aggregate, (2, 3), torch.float32),
     "halo": (Halo, (2, 3, 4, 4), torch.float32),
     "gathers": (Gathers, (2, 3, 3), torch.float32),
+    "biased_attention": (BiasedAttention, (2, 5, 8), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }

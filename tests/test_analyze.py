@@ -139,6 +139,12 @@ EXPECTED = {
         S("b.weight:0", "b.bias:0", "tail.weight:1"): (2, P, EXACT),  # 2 columns each
         S("head.weight:0", "head.bias:0", "tail.weight:0", "tail.bias:0"): (2, F, EXACT),
     },
+    "biased_attention": {
+        S("qkv.weight:0", "qkv.bias:0", "out.weight:1"): (4, P, INEXACT),  # head dims; scale
+        S("bias.weight:0", "bias.bias:0"): (2, F, EXACT),  # heads: frozen at the mask
+        S("coords:2", "bias.weight:1"): (2, P, EXACT),  # the table's features are a buffer's
+        S("out.weight:0", "out.bias:0"): (3, F, EXACT),
+    },
     # the same couplings as the modules they stand for; no group for the kernel dims
     "functional": {
         S("w1:0", "b1:0", "scale:0", "shift:0", "mean:0", "var:0", "w2:1"): (6, P, EXACT),

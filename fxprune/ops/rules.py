@@ -382,12 +382,16 @@ def sdpa(cx: Context, op: Op) -> Flow:
     head = cx.tflow(q).dims.get(len(cx.shape(q)) - 1)
     if head is not None and cx.arg(6, "scale") is None:  # the default scale is 1/sqrt(q.size(-1))
         cx.atoms.mark_inexact(head, f"attention scales by 1/sqrt(head_dim), which shrinks, at {cx.where}")
+    shape = list(cx.shape(q)[:-1]) + [cx.shape(k)[-2]]
     scores = fl.matmul(cx.atoms, (cx.tflow(q), cx.shape(q)),
                        (fl.permute(cx.tflow(k), _swap_last(len(cx.shape(k)))),
-                        _swapped(cx.shape(k))),
-                       list(cx.shape(q)[:-1]) + [cx.shape(k)[-2]], cx.where)
-    return fl.matmul(cx.atoms, (scores, list(cx.shape(q)[:-1]) + [cx.shape(k)[-2]]),
-                     (cx.tflow(v), cx.shape(v)), cx.out_shape, cx.where)
+                        _swapped(cx.shape(k))), shape, cx.where)
+    mask = cx.arg(3, "attn_mask")
+    if isinstance(mask, torch.fx.Node) and is_tensor(mask):  # added to the scores
+        scores = fl.elementwise(cx.atoms, [(scores, shape), (cx.tflow(mask), cx.shape(mask))],
+                                shape, cx.where)
+    return fl.matmul(cx.atoms, (scores, shape), (cx.tflow(v), cx.shape(v)), cx.out_shape,
+                     cx.where)
 
 
 def _swap_last(n: int) -> list[int]:
