@@ -340,6 +340,21 @@ class BiasedAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(n, length, -1))
 
 
+class Recurrent(nn.Module):
+    """Sequencer's bidirectional LSTM over the rows of a feature map: its input features are
+    prunable with the layer that makes them; its hidden units are not pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 6)
+        self.rnn = nn.LSTM(6, 4, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, L, 3)
+        y, _ = self.rnn(self.a(x))
+        return self.head(y)
+
+
 class Functional(nn.Module):
     """Bare parameters through F.conv2d, F.batch_norm (running statistics as buffers),
     F.group_norm and F.linear: the same couplings as the modules they stand for."""
@@ -412,6 +427,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "halo": (Halo, (2, 3, 4, 4), torch.float32),
     "gathers": (Gathers, (2, 3, 3), torch.float32),
     "biased_attention": (BiasedAttention, (2, 5, 8), torch.float32),
+    "recurrent": (Recurrent, (2, 5, 3), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
 }

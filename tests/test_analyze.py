@@ -145,6 +145,12 @@ EXPECTED = {
         S("coords:2", "bias.weight:1"): (2, P, EXACT),  # the table's features are a buffer's
         S("out.weight:0", "out.bias:0"): (3, F, EXACT),
     },
+    "recurrent": {
+        S("a.weight:0", "a.bias:0", "rnn.weight_ih_l0:1", "rnn.weight_ih_l0_reverse:1"):
+            (6, P, EXACT),
+        S("head.weight:1"): (8, F, EXACT),  # the LSTM's hidden units, both directions
+        S("head.weight:0", "head.bias:0"): (2, F, EXACT),
+    },
     # the same couplings as the modules they stand for; no group for the kernel dims
     "functional": {
         S("w1:0", "b1:0", "scale:0", "shift:0", "mean:0", "var:0", "w2:1"): (6, P, EXACT),

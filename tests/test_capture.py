@@ -19,6 +19,8 @@ DIFFERENT = {
     # one nn.MultiheadAttention module, whose head_dim follows the width, when traced
     # symbolically; exported, its ops (linear, view into heads, sdpa) prune head dims alone
     "tokens",
+    # nn.LSTM exports as one aten.lstm over its flat weights, which the table does not know
+    "recurrent",
 }
 
 
@@ -39,7 +41,7 @@ def test_both_captures_give_the_same_groups(name: str) -> None:
     assert _groups(fxprune.analyze(exported)) == _groups(fxprune.analyze(symbolic))
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - NO_EXACT_GROUP))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - NO_EXACT_GROUP - {"recurrent"}))
 def test_an_exported_graph_prunes_to_the_zeroed_function(name: str) -> None:
     model, x = build(name)
     gm = fxprune.trace(model, x, capture="export")

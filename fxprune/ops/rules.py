@@ -699,6 +699,22 @@ def embedding(cx: Context, op: Op) -> Flow:
     return Flow({**cx.tflow(0).dims, len(cx.out_shape) - 1: out})
 
 
+def recurrent(cx: Context, op: Op) -> tuple:
+    """nn.LSTM / nn.GRU / nn.RNN: the input features are read by the first layer's input
+    weights (both directions); the hidden units, which four gates and the recurrence share,
+    are not pruned: the output's features are frozen."""
+    m = cx.module()
+    x = cx.tflow(0).dims.get(len(cx.shape(0)) - 1)
+    if x is not None:
+        for suffix in ("", "_reverse") if m.bidirectional else ("",):
+            cx.member(f"weight_ih_l0{suffix}", 1, x)
+    meta = cx.node.meta["tensor_meta"]
+    shape = tuple(meta[0].shape)
+    out = cx.atoms.fresh(shape[-1])
+    cx.atoms.freeze(out, f"the hidden units of {type(m).__name__} are not pruned at {cx.where}")
+    return (Flow({len(shape) - 1: out}), *untracked_like(meta)[1:])
+
+
 def pixel_shuffle(cx: Context, op: Op) -> Flow:
     r = cx.module().upscale_factor if cx.node.op == "call_module" else cx.arg(1, "upscale_factor")
     flow = cx.tflow(0)

@@ -35,6 +35,12 @@ def sync_layernorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
     m.normalized_shape = tuple(rx.new_shape(node.args[0])[-len(m.normalized_shape):])
 
 
+def sync_recurrent(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    """An RNN's input size, and its flat list of weights (which still holds the old ones)."""
+    m.input_size = rx.new_shape(node.args[0])[-1]
+    m._init_flat_weights()
+
+
 def sync_prelu(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
     if m.num_parameters > 1:
         m.num_parameters = rx.new_shape(node.args[0])[1]

@@ -73,6 +73,9 @@ MODULES: dict[type, Op] = {
     **dict.fromkeys((nn.LPPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
                      nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
                     RESIZE),
+    **dict.fromkeys((nn.LSTM, nn.GRU, nn.RNN), Op(
+        flow=rules.recurrent, sync=surgery.sync_recurrent,
+        in_params={"weight_ih_l0": 1, "weight_ih_l0_reverse": 1})),
     nn.PixelShuffle: Op(flow=rules.pixel_shuffle),
     nn.PixelUnshuffle: Op(flow=rules.pixel_unshuffle),
     nn.ChannelShuffle: Op(flow=rules.channel_shuffle),
