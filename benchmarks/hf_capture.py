@@ -17,8 +17,14 @@ from fxprune.passes.plan import random_request
 
 
 def models() -> dict[str, tuple[torch.nn.Module, dict]]:
-    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2Model,
-                              LlamaConfig, LlamaForCausalLM)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2Model,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     mask = {"attention_mask": torch.ones(2, 7, dtype=torch.long)}
     return {
