@@ -151,7 +151,7 @@ class _Tracer(torch.fx.Tracer):
             try:
                 # fx patches nn.Module calls while it traces; the run must see the real ones
                 with (_unpatched(), self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG),
-                      _kept_state(self.root)):
+                      _kept_state(self.root.modules())):
                     run = torch.fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
                     run.env = self._env
                     values = iter(self.example.values(self.graph))
@@ -260,12 +260,12 @@ class _Example:
 
 
 @contextlib.contextmanager
-def _kept_state(model: torch.nn.Module) -> Iterator[None]:
-    """Undo what a forward run while tracing assigns to modules: a module that caches a value
-    on itself (ConViT's relative indices) or a norm in training mode would otherwise keep a
-    proxy or a fake tensor in place of its real tensor. What the tracer itself adds (fx's
+def _kept_state(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Undo what a forward run while tracing assigns to `modules`: a module that caches a
+    value on itself (ConViT's relative indices) or a norm in training mode would otherwise keep
+    a proxy or a fake tensor in place of its real tensor. What the tracer itself adds (fx's
     tensor constants) stays."""
-    saved = [(m, dict(m.__dict__), dict(m._buffers), dict(m._parameters)) for m in model.modules()]
+    saved = [(m, dict(m.__dict__), dict(m._buffers), dict(m._parameters)) for m in modules]
     try:
         yield
     finally:
@@ -326,7 +326,7 @@ def _symbolic_trace(
     for _ in range(MAX_LEAF_RETRIES):
         tracer = _Tracer(leaves, leaf_types, example)
         try:
-            with _kept_state(model):  # a forward that caches a traced value on itself
+            with _kept_state(model.modules()):  # a forward that caches a traced value on itself
                 graph = tracer.trace(model, concrete or None)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
             where = _failing_module(model, exc)
@@ -385,6 +385,17 @@ class _ShapeProp(torch.fx.Interpreter):
                                            device="meta")
             return FakeTensor(self.mode, meta, value.device)
         return self.mode.from_tensor(value)
+
+    def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
+        # timm's norm-act layers call F.batch_norm: its fake kernel costs about 50 times the
+        # check of its per-channel tensors' sizes against the input's channels
+        if target is torch.nn.functional.batch_norm and args and isinstance(args[0], FakeTensor):
+            x = args[0]
+            per_channel = [*args[1:5], *(kwargs.get(k) for k in ("weight", "bias"))]
+            if x.dim() >= 2 and all(t is None or isinstance(t, torch.Tensor) and t.shape == (x.shape[1],)
+                                    for t in per_channel):
+                return _empty(x, tuple(x.shape))
+        return super().call_function(target, args, kwargs)
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
         module = self._modules[target]
@@ -463,25 +474,30 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
     Leaf modules that branch on data cannot run on fake tensors; then the graph runs once on
     the real inputs instead.
     """
-    # never update BatchNorm statistics while looking at shapes; an exported graph has the mode
-    # it was captured in written into its ops, and cannot switch
+    # never update BatchNorm statistics while looking at shapes (the modules in training mode
+    # switch, not every module twice); an exported graph has the mode it was captured in
+    # written into its ops
     exported = gm.meta.get(CAPTURE_KEY, "").startswith("export")
-    was_training = gm.training
-    if not exported:
-        gm.eval()
+    training = [] if exported else [m for m in gm.modules() if m.training]
+    for m in training:
+        m.training = False
+    # modules the table does not know (leaves) run their own code, which may cache a tensor
+    opaque = {sub for node in gm.graph.nodes if node.op == "call_module"
+              for module in [gm.get_submodule(node.target)]
+              if ops.lookup_module(module) is None for sub in module.modules()}
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
         try:
-            with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(gm):
+            with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(opaque):
                 _ShapeProp(gm, mode).run(*fake)
         except InputError:
             log.info("fake shape propagation failed; running the model once on the real inputs")
             with torch.no_grad():
                 _ShapeProp(gm).run(*inputs)
     finally:
-        if not exported:
-            gm.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def trace(
@@ -571,7 +587,7 @@ def _export(model: torch.nn.Module, inputs: tuple[object, ...],
             kwargs: dict[str, object]) -> torch.fx.GraphModule:
     """torch.export, non-strict, as a GraphModule of ATen ops on the model's parameters."""
     try:
-        with _kept_state(model):
+        with _kept_state(model.modules()):
             program = torch.export.export(model, inputs, kwargs or None, strict=False,
                                           dynamic_shapes=_batch_dims(model, inputs, kwargs))
     except Exception as exc:  # noqa: BLE001 - export raises many kinds; the message says which
