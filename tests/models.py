@@ -337,7 +337,8 @@ class BiasedAttention(nn.Module):
         q, k, v = self.qkv(x).view(n, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
         mask = self.bias(self.coords).permute(2, 0, 1).unsqueeze(0)  # (1, heads, L, L)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(n, length, -1))
+        # contiguous: torch.onnx's decomposition of sdpa keeps strides a plain view rejects
+        return self.out(y.transpose(1, 2).contiguous().reshape(n, length, -1))
 
 
 class Recurrent(nn.Module):
