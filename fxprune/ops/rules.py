@@ -78,11 +78,11 @@ def view(cx: Context, op: Op) -> Flow:
     return _sized(reshape(cx, op), cx)
 
 
-def expand(cx: Context, op: Op) -> Flow:
-    """expand / expand_as / broadcast_to: dims of size 1 that grow repeat one value, as a
-    broadcast in an elementwise op would: they get atoms of their own, discarded (never a
-    group by themselves), so that the op they meet couples them with its channels and
-    surgery shrinks them with those (``x / x.norm(dim=1, keepdim=True).expand_as(x)``)."""
+def broadcast(cx: Context, op: Op) -> Flow:
+    """expand_as / broadcast_to: dims of size 1 that grow repeat one value, as a broadcast in
+    an elementwise op would: they get atoms of their own, discarded (never a group by
+    themselves), so that the op they meet couples them with its channels and surgery shrinks
+    them with those (``x / x.norm(dim=1, keepdim=True).expand_as(x)``)."""
     in_shape, out_shape = cx.shape(0), cx.out_shape
     flow = fl.resize(cx.atoms, cx.tflow(0), in_shape, out_shape, cx.where)
     pad = len(out_shape) - len(in_shape)
@@ -91,7 +91,12 @@ def expand(cx: Context, op: Op) -> Flow:
         if d not in dims and size > 1 and (d < pad or in_shape[d - pad] == 1):
             dims[d] = cx.atoms.fresh(size)
             cx.atoms.discard(dims[d])
-    return _sized(Flow(dims), cx) if cx.node.target in ("expand", torch.ops.aten.expand.default) else Flow(dims)
+    return Flow(dims)
+
+
+def expand(cx: Context, op: Op) -> Flow:
+    """x.expand(sizes): a broadcast whose sizes may be read from other tensors."""
+    return _sized(broadcast(cx, op), cx)
 
 
 def transpose(cx: Context, op: Op) -> Flow:
@@ -465,25 +470,37 @@ def linear(cx: Context, op: Op) -> Flow:
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
 
 
+def _reads(cx: Context, weight: object, dim: int, ids: np.ndarray | None) -> None:
+    """A functional layer's weight reads the input channels `ids` along `dim`: where the input
+    has none there (the model's input) that dim is no channel; a weight read only here adopts
+    them (`Context.adopt`); otherwise its atoms there are coupled with them."""
+    w = cx.tflow(weight).dims
+    if ids is None:
+        cx.not_channels(weight, [dim])
+    elif dim not in w:
+        cx.atoms.freeze(ids, f"weight without input channels at {cx.where}")
+    elif not cx.adopt(weight, dim, ids):
+        cx.atoms.union(ids, w[dim])
+        cx.reads(w[dim])
+
+
+def _makes(cx: Context, weight: object, dim: int, size: int) -> np.ndarray:
+    """The output channels a functional layer's weight makes along `dim`; frozen fresh atoms
+    where the weight carries none there (computed from something else)."""
+    out = cx.tflow(weight).dims.get(dim)
+    if out is None:
+        out = cx.atoms.fresh(size)
+        cx.atoms.freeze(out, f"weight without output channels at {cx.where}")
+    return out
+
+
 def functional_linear(cx: Context, op: Op) -> Flow:
     """F.linear(x, weight, bias) with the weight a bare parameter (its dims carry atoms)."""
     x, weight, bias = cx.arg(0, "input"), cx.arg(1, "weight"), cx.arg(2, "bias")
-    w = cx.tflow(weight).dims
     flow, last = cx.tflow(x), len(cx.shape(x)) - 1
-    out = w.get(0)
-    if out is None:
-        out = cx.atoms.fresh(cx.out_shape[-1])
-        cx.atoms.freeze(out, f"linear weight without channels at {cx.where}")
-    if last not in flow.dims:  # the model's input: its features are no channels
-        cx.not_channels(weight, [1])
-    elif not (1 in w and cx.adopt(weight, 1, flow.dims[last])):
-        fl.elementwise(cx.atoms, [(Flow({0: flow.dims[last]}), [cx.shape(x)[-1]]),
-                                  (Flow({0: w[1]} if 1 in w else {}), [cx.shape(weight)[1]])],
-                       [cx.shape(x)[-1]], cx.where)
-        if 1 in w:
-            cx.reads(w[1])
-    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
-        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    out = _makes(cx, weight, 0, cx.out_shape[-1])
+    _reads(cx, weight, 1, flow.dims.get(last))
+    _couple_params(cx, out, (bias,))
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
 
 
@@ -493,13 +510,9 @@ def functional_conv(cx: Context, op: Op) -> Flow:
     the output channels, its dim 1 the input channels of one conv group."""
     weight, bias, groups = cx.arg(1, "weight"), cx.arg(2, "bias"), cx.arg(6, "groups", 1)
     x = cx.tflow(0).dims.get(1)
-    # kernel dims never carry channels; nor does dim 1 where the input has none (model input)
-    cx.not_channels(weight, [*([1] if x is None else []), *range(2, len(cx.shape(weight)))])
-    w, c_in, c_out = cx.tflow(weight).dims, cx.shape(0)[1], cx.shape(weight)[0]
-    out = w.get(0)
-    if out is None:
-        out = cx.atoms.fresh(c_out)
-        cx.atoms.freeze(out, f"conv weight without channels at {cx.where}")
+    cx.not_channels(weight, list(range(2, len(cx.shape(weight)))))  # kernel dims
+    c_in, c_out = cx.shape(0)[1], cx.shape(weight)[0]
+    out = _makes(cx, weight, 0, c_out)
     if groups > 1 and groups == c_in:  # depthwise: each output follows its input channel
         if x is None:
             cx.atoms.freeze(out, f"depthwise conv on an input without channels at {cx.where}")
@@ -508,17 +521,10 @@ def functional_conv(cx: Context, op: Op) -> Flow:
     else:
         if groups > 1:  # keep every conv group the same width: couple index j of each
             out = np.tile(cx.atoms.unite(out.reshape(groups, -1), 0), groups)
-        if x is not None:
-            if groups > 1:
+            if x is not None:
                 x = cx.atoms.unite(x.reshape(groups, -1), 0)
-            if 1 in w:
-                if not cx.adopt(weight, 1, x):
-                    cx.atoms.union(x, w[1])
-                    cx.reads(w[1])
-            else:
-                cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
-    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
-        cx.atoms.union(out, cx.tflow(bias).dims[0])
+        _reads(cx, weight, 1, x)
+    _couple_params(cx, out, (bias,))
     kernel = cx.shape(weight)[2:]
     return Flow({**_along_positions(cx, kernel, cx.arg(3, "stride", 1), cx.arg(4, "padding", 0)),
                  1: out})
@@ -528,18 +534,9 @@ def addmm(cx: Context, op: Op) -> Flow:
     """addmm(bias, x, w) = bias + x @ w (transformers' Conv1D in GPT-2): the weight's dim 0
     reads x's features, its dim 1 makes the output's, with the bias."""
     bias, x, w = cx.arg(0, "input"), cx.arg(1, "mat1"), cx.arg(2, "mat2")
-    features = cx.tflow(x).dims.get(1)
-    if features is None:
-        cx.not_channels(w, [0])
-    elif not (0 in cx.tflow(w).dims and cx.adopt(w, 0, features)):
-        fl.matmul(cx.atoms, (cx.tflow(x), cx.shape(x)), (cx.tflow(w), cx.shape(w)),
-                  cx.out_shape, cx.where)
-    out = cx.tflow(w).dims.get(1)
-    if out is None:
-        out = cx.atoms.fresh(cx.out_shape[1])
-        cx.atoms.freeze(out, f"addmm weight without channels at {cx.where}")
-    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
-        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    _reads(cx, w, 0, cx.tflow(x).dims.get(1))
+    out = _makes(cx, w, 1, cx.out_shape[1])
+    _couple_params(cx, out, (bias,))
     return Flow({1: out})
 
 
@@ -550,24 +547,11 @@ def functional_conv_transpose(cx: Context, op: Op) -> Flow:
     weight, bias, groups = cx.arg(1, "weight"), cx.arg(2, "bias"), cx.arg(6, "groups", 1)
     x = cx.tflow(0).dims.get(1)
     cx.not_channels(weight, list(range(2, len(cx.shape(weight)))))
-    w = cx.tflow(weight).dims
-    out = w.get(1)
-    if out is None:
-        out = cx.atoms.fresh(cx.shape(weight)[1])
-        cx.atoms.freeze(out, f"transposed conv weight without channels at {cx.where}")
-    out = np.tile(out, groups)
-    if x is None:
-        cx.not_channels(weight, [0])
-    elif 0 in w:
-        if groups > 1:  # keep every conv group the same width: couple index j of each
-            x = np.tile(cx.atoms.unite(x.reshape(groups, -1), 0), groups)
-        if not cx.adopt(weight, 0, x):
-            cx.atoms.union(x, w[0])
-            cx.reads(w[0])
-    else:
-        cx.atoms.freeze(x, f"conv weight without input channels at {cx.where}")
-    if isinstance(bias, torch.fx.Node) and 0 in cx.tflow(bias).dims:
-        cx.atoms.union(out, cx.tflow(bias).dims[0])
+    out = np.tile(_makes(cx, weight, 1, cx.shape(weight)[1]), groups)
+    if x is not None and groups > 1:  # keep every conv group the same width
+        x = np.tile(cx.atoms.unite(x.reshape(groups, -1), 0), groups)
+    _reads(cx, weight, 0, x)
+    _couple_params(cx, out, (bias,))
     return Flow({1: out})
 
 

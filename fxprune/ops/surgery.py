@@ -117,13 +117,6 @@ def rewrite_index(rx: Resize, node: torch.fx.Node) -> None:
     if not isinstance(x, torch.fx.Node) or not hasattr(x.meta.get("tensor_meta"), "shape"):
         return
     ndim = len(rx.old_shape(x))
-    if node.target is torch.ops.aten.slice.Tensor:
-        dim = (node.args[1] if len(node.args) > 1 else 0) % ndim
-        keep = rx.keep(x, dim)
-        if keep is not None:
-            start, stop, step = slice(*(list(node.args[2:5]) + [None] * 3)[:3]).indices(len(keep))
-            node.args = (x, node.args[1], _moved(keep, start), _moved(keep, stop), step)
-        return
     if node.target in ("narrow", torch.narrow, "select", torch.select, torch.ops.aten.select.int):
         dim = node.args[1] % ndim
         keep = rx.keep(x, dim)
@@ -153,6 +146,17 @@ def rewrite_index(rx: Resize, node: torch.fx.Node) -> None:
             entries[k] = slice(_moved(keep, start), _moved(keep, stop), e.step)
         dim += 1
     node.args = (x, tuple(entries) if isinstance(index, tuple) else entries[0])
+
+
+def rewrite_slice(rx: Resize, node: torch.fx.Node) -> None:
+    """aten.slice(x, dim, start, end, step) on a pruned dim: bounds move to the kept channels'
+    places."""
+    x = node.args[0]
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(rx.old_shape(x))
+    keep = rx.keep(x, dim)
+    if keep is not None:
+        start, stop, step = slice(*(list(node.args[2:5]) + [None] * 3)[:3]).indices(len(keep))
+        node.args = (x, node.args[1], _moved(keep, start), _moved(keep, stop), step)
 
 
 def _moved(keep: np.ndarray, index: int) -> int:
