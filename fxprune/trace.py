@@ -598,8 +598,10 @@ def _export(model: torch.nn.Module, inputs: tuple[object, ...],
 
 def _batch_dims(model: torch.nn.Module, inputs: tuple[object, ...],
                 kwargs: dict[str, object]) -> dict[str, object] | None:
-    """Dim 0 of every tensor input free to vary (the batch), where the example's size there is
-    not 1 (torch.export would fix it at 1 anyway), so that the ONNX file takes any batch."""
+    """Dim 0 of every tensor input free to vary (the batch), and dim 1 of integer ones (token
+    ids and attention masks: the sequence), where the example's size there is not 1
+    (torch.export would fix it at 1 anyway); torch.export keeps a dim fixed where the model
+    needs it so."""
     try:
         bound = inspect.signature(model.forward).bind(*inputs, **kwargs)
     except (TypeError, ValueError):
@@ -610,9 +612,10 @@ def _batch_dims(model: torch.nn.Module, inputs: tuple[object, ...],
             return {k: spec(v) for k, v in value.items()}
         if isinstance(value, (tuple, list)):
             return type(value)(spec(v) for v in value)
-        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
-            return {0: torch.export.Dim.AUTO}
-        return None
+        if not isinstance(value, torch.Tensor):
+            return None
+        free = [0] + ([1] if value.dim() == 2 and not value.is_floating_point() else [])
+        return {d: torch.export.Dim.AUTO for d in free if d < value.dim() and value.shape[d] > 1} or None
 
     return {name: spec(value) for name, value in bound.arguments.items()}
 

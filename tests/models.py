@@ -407,6 +407,60 @@ class Subclassed(nn.Module):
         return self.fc(self.b(self.bn(self.a(x))).mean((2, 3)))
 
 
+class Generator(nn.Module):
+    """DCGAN's generator and a VAE's decoder: a linear's features viewed as (C, H, W) before a
+    transposed conv, by view, unflatten, and reshape with the batch read from the input (each
+    of the C channels owns H*W rows of the linear); and channels last, then permuted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_view, self.fc_unflatten = nn.Linear(3, 16), nn.Linear(3, 16)
+        self.fc_reshape, self.fc_last = nn.Linear(3, 16), nn.Linear(3, 16)
+        self.bn = nn.BatchNorm2d(4)
+        self.up_view, self.up_unflatten, self.up_reshape, self.up_last = (
+            nn.ConvTranspose2d(4, 2, 2, stride=2) for _ in range(4))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, 3)
+        a = self.up_view(F.relu(self.fc_view(z)).view(-1, 4, 2, 2))
+        b = self.up_unflatten(self.fc_unflatten(z).unflatten(1, (4, 2, 2)))
+        c = self.up_reshape(self.bn(self.fc_reshape(z).reshape(z.shape[0], 4, 2, 2)))
+        d = self.up_last(self.fc_last(z).view(-1, 2, 2, 4).permute(0, 3, 1, 2))
+        return a + b + c + d
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class GroupedQuery(nn.Module):
+    """Llama's decoder layer: 4 query heads share 2 key-value heads (repeat_kv's expand and
+    reshape), rotary embeddings rotate the halves of each head, an RMS norm, and a SwiGLU
+    feed-forward (gate and up go together)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.norm = nn.Linear(3, 8), nn.Parameter(torch.rand(8) + 0.5)
+        self.q, self.k, self.v, self.o = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(16, 8)
+        self.gate, self.up = nn.Linear(8, 6, bias=False), nn.Linear(8, 6, bias=False)
+        self.down, self.head = nn.Linear(6, 8, bias=False), nn.Linear(8, 3)
+        angles = torch.arange(5.0)[:, None] * torch.tensor([1.0, 0.1, 1.0, 0.1])
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 5, 3)
+        x = self.embed(x)
+        n, length, _ = x.shape
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm
+        q, k, v = (p(h).view(n, length, -1, 4).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q = q * self.cos + _rotate_half(q) * self.sin
+        k = k * self.cos + _rotate_half(k) * self.sin
+        k, v = (t[:, :, None].expand(n, 2, 2, length, 4).reshape(n, 4, length, 4) for t in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(y.transpose(1, 2).reshape(n, length, -1))
+        return self.head(x + self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "residual": (Residual, (2, 3, 6, 6), torch.float32),
     "broadcast": (BroadcastOps, (2, 3, 4, 4), torch.float32),
@@ -431,6 +485,8 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "recurrent": (Recurrent, (2, 5, 3), torch.float32),
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
+    "generator": (Generator, (2, 3), torch.float32),
+    "grouped_query": (GroupedQuery, (2, 5, 3), torch.float32),
 }
 
 

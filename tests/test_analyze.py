@@ -91,7 +91,7 @@ EXPECTED = {
         S("head.weight:0", "head.bias:0"): (3, F, EXACT),
     },
     "hand_attention": {
-        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (4, P, EXACT),
+        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (2, P, EXACT),  # whole heads
         S("proj.weight:0", "proj.bias:0"): (8, F, EXACT),
     },
     "shuffle": {
@@ -116,7 +116,7 @@ EXPECTED = {
     "sized_heads": {
         S("embed.weight:0", "embed.bias:0", "qkv.weight:1", "proj.weight:0", "proj.bias:0",
           "head.weight:1"): (8, P, EXACT),
-        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (4, P, EXACT),  # one per head, q k v
+        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (2, P, EXACT),  # whole heads
         S("head.weight:0", "head.bias:0"): (2, F, EXACT),
     },
     "aggregate": {
@@ -140,10 +140,31 @@ EXPECTED = {
         S("head.weight:0", "head.bias:0", "tail.weight:0", "tail.bias:0"): (2, F, EXACT),
     },
     "biased_attention": {
-        S("qkv.weight:0", "qkv.bias:0", "out.weight:1"): (4, P, INEXACT),  # head dims; scale
-        S("bias.weight:0", "bias.bias:0"): (2, F, EXACT),  # heads: frozen at the mask
+        # whole heads: each head's q, k and v rows, its bias from the MLP and its out columns
+        S("qkv.weight:0", "qkv.bias:0", "bias.weight:0", "bias.bias:0", "out.weight:1"):
+            (2, P, EXACT),
         S("coords:2", "bias.weight:1"): (2, P, EXACT),  # the table's features are a buffer's
         S("out.weight:0", "out.bias:0"): (3, F, EXACT),
+    },
+    "generator": {
+        # each of the 4 channels of the (4, 2, 2) view owns 4 rows of its linear
+        S("fc_view.weight:0", "fc_view.bias:0", "up_view.weight:0"): (4, P, EXACT),
+        S("fc_unflatten.weight:0", "fc_unflatten.bias:0", "up_unflatten.weight:0"): (4, P, EXACT),
+        S("fc_reshape.weight:0", "fc_reshape.bias:0", "bn.weight:0", "bn.bias:0",
+          "bn.running_mean:0", "bn.running_var:0", "up_reshape.weight:0"): (4, P, EXACT),
+        S("fc_last.weight:0", "fc_last.bias:0", "up_last.weight:0"): (4, P, EXACT),
+        S(*(f"up_{f}.{p}" for f in ("view", "unflatten", "reshape", "last")
+            for p in ("weight:1", "bias:0"))): (2, F, EXACT),
+    },
+    "grouped_query": {
+        S("embed.weight:0", "embed.bias:0", "norm:0", "q.weight:1", "k.weight:1", "v.weight:1",
+          "o.weight:0", "o.bias:0", "gate.weight:1", "up.weight:1", "down.weight:0",
+          "head.weight:1"): (8, P, INEXACT),  # the hidden size; the RMS norm's mean
+        # a key-value head with the two query heads that share it
+        S("q.weight:0", "q.bias:0", "k.weight:0", "k.bias:0", "v.weight:0", "v.bias:0",
+          "o.weight:1"): (2, P, EXACT),
+        S("gate.weight:0", "up.weight:0", "down.weight:1"): (6, P, EXACT),
+        S("head.weight:0", "head.bias:0"): (3, F, EXACT),
     },
     "recurrent": {
         S("a.weight:0", "a.bias:0", "rnn.weight_ih_l0:1", "rnn.weight_ih_l0_reverse:1"):
@@ -166,9 +187,9 @@ EXPECTED = {
 }
 
 
-def analyze(name: str) -> fxprune.ChannelGraph:
+def analyze(name: str, **options: object) -> fxprune.ChannelGraph:
     model, x = build(name)
-    return fxprune.analyze(fxprune.trace(model, x))
+    return fxprune.analyze(fxprune.trace(model, x), **options)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -217,11 +238,39 @@ def test_grouped_and_depthwise_conv_keep_groups_uniform() -> None:
     assert member(g, "dw.weight", 0).index_map == tuple(c for c in (0, 1, 2) * 4 for _ in (0, 1))
 
 
-def test_heads_are_pruned_by_head_dimension_in_every_head() -> None:
+def test_heads_are_pruned_whole_by_default() -> None:
     g = group_with(analyze("hand_attention"), "qkv.weight", 0)
-    # qkv rows: (q|k|v) x 2 heads x 4 dims; unit j is dim j of every head of q, k and v
+    # qkv rows: (q|k|v) x 2 heads x 4 dims; unit h is head h's 4 rows of q, k and v
+    assert member(g, "qkv.weight", 0).index_map == (0, 0, 0, 0, 1, 1, 1, 1) * 3
+    assert member(g, "proj.weight", 1).index_map == (0, 0, 0, 0, 1, 1, 1, 1)
+
+
+def test_heads_can_be_pruned_by_head_dimension_in_every_head() -> None:
+    graph = analyze("hand_attention", heads="dim")
+    g = group_with(graph, "qkv.weight", 0)
+    # unit j is dim j of every head of q, k and v
     assert member(g, "qkv.weight", 0).index_map == (0, 1, 2, 3) * 6
     assert member(g, "proj.weight", 1).index_map == (0, 1, 2, 3) * 2
+    assert group_with(analyze("sized_heads", heads="dim"), "qkv.weight", 0).channels == 4
+
+
+def test_a_key_value_head_goes_with_the_query_heads_that_share_it() -> None:
+    g = group_with(analyze("grouped_query"), "k.weight", 0)
+    assert member(g, "q.weight", 0).index_map == (0,) * 8 + (1,) * 8
+    assert member(g, "k.weight", 0).index_map == (0,) * 4 + (1,) * 4
+    assert member(g, "o.weight", 1).index_map == (0,) * 8 + (1,) * 8
+
+
+def test_a_linear_viewed_as_channels_and_space_keeps_its_outermost_channels() -> None:
+    g = group_with(analyze("generator"), "fc_view.weight", 0)
+    assert member(g, "fc_view.weight", 0).index_map == tuple(c for c in range(4) for _ in range(4))
+    g = group_with(analyze("generator"), "fc_last.weight", 0)  # channels last: innermost
+    assert member(g, "fc_last.weight", 0).index_map == (0, 1, 2, 3) * 4
+
+
+def test_heads_option_is_checked() -> None:
+    with pytest.raises(fxprune.InputError, match="heads must be one of whole, dim"):
+        analyze("hand_attention", heads="heads")
 
 
 def test_channel_shuffle_couples_the_same_index_of_each_shuffle_group() -> None:

@@ -35,7 +35,8 @@ from fxprune.pruner import CatalystPruner, spearman
 # stem group; its MLP group has none), a BatchNorm2d subclass that calls F.batch_norm
 # (subclassed's first group), and bare parameters passed to F.batch_norm and F.group_norm
 # (functional's two groups; an RMS norm written out of a mean is no norm layer).
-NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1, "functional": 2}
+NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1, "functional": 2,
+               "generator": 1}
 EXTENDED = [(n, "group") for n in sorted(set(MODELS) - NO_PRUNABLE_GROUP)] + [
     (n, "bn") for n in sorted(NORM_GROUPS)]
 

@@ -21,9 +21,6 @@ from fxprune.export.onnx import export_onnx
 from fxprune.passes.plan import random_request
 
 FIXED_BATCH = {"literals"}  # views with a literal batch size of 2
-# torch.onnx's dynamo exporter fails to decompose sdpa with a float mask here (a view of the
-# attention output's strides it makes itself): the legacy exporter is used, with parity
-LEGACY = {"biased_attention"}
 
 
 def _slim(model: nn.Module, x: torch.Tensor, fraction: float = 0.3) -> torch.fx.GraphModule:
@@ -36,10 +33,7 @@ def _slim(model: nn.Module, x: torch.Tensor, fraction: float = 0.3) -> torch.fx.
 def test_pruned_tiny_models_export_with_parity_at_two_batch_sizes(name: str, tmp_path: Path) -> None:
     model, x = build(name)
     report = export_onnx(_slim(model, x), x, tmp_path / "m.onnx")
-    if name in LEGACY:
-        assert report.exporter == "legacy" and "decompose" in report.fallback_reason
-    else:
-        assert report.exporter == "dynamo" and report.fallback_reason is None
+    assert report.exporter == "dynamo" and report.fallback_reason is None
     assert report.batch_sizes == (2, 3)
     assert report.max_rel_diff < 1e-3
     onnx.checker.check_model(str(report.path))

@@ -15,7 +15,7 @@ from fxprune.app.model_specs import default_shape, example_input, load_model, pa
 from fxprune.coverage import coverage
 from fxprune.errors import FxPruneError
 from fxprune.graph import ChannelGraph, ChannelGroup
-from fxprune.passes.analyze import analyze
+from fxprune.passes.analyze import HEADS, analyze
 from fxprune.trace import CAPTURE_KEY, CAPTURES, SPECIALISED_KEY, trace
 
 
@@ -60,7 +60,7 @@ def _inspect(args: argparse.Namespace) -> int:
     shape = shape or default_shape(args.model, model)
     start = time.perf_counter()
     gm = trace(model, example_input(shape, args.input_dtype), capture=args.capture)
-    graph = analyze(gm, strict=args.strict)
+    graph = analyze(gm, strict=args.strict, heads=args.heads)
     elapsed = time.perf_counter() - start
     print(format_table(graph))
     share = coverage(gm, graph)
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on ops fxprune does not know")
     p.add_argument("--capture", choices=CAPTURES, default="auto",
                    help="symbolic tracing, torch.export, or the first that captures it all")
+    p.add_argument("--heads", choices=HEADS, default="whole",
+                   help="attention's unit where a model splits features into heads itself: "
+                        "whole heads, or one head dimension in every head")
     p.add_argument("--json", help="write the groups as JSON")
     p.add_argument("--dot", help="write the graph as Graphviz dot")
     p.add_argument("--html", help="write a self-contained HTML page drawing the groups")

@@ -60,9 +60,13 @@ class Op:
 class Context:
     """What a flow rule sees: the node, its inputs' flows and shapes, and the atoms."""
 
-    def __init__(self, gm: torch.fx.GraphModule, strict: bool) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, strict: bool,
+                 lookup: Callable[[torch.fx.Node, nn.Module | None], Op | None],
+                 heads: str = "whole") -> None:
         self.gm = gm
         self.strict = strict
+        self.heads = heads  # attention's unit where a split makes heads: "whole" or "dim"
+        self._lookup = lookup
         self.atoms = Atoms()
         self.flows: dict[torch.fx.Node, object] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
@@ -73,6 +77,11 @@ class Context:
         self._where: str | None = None
         # get_submodule walks the dotted path with getattr: resolve each module name once
         self._modules = dict(gm.named_modules(remove_duplicate=False))
+
+    def entry_of(self, node: torch.fx.Node) -> Op | None:
+        """The op table entry of any node (a rule looking ahead at the current one's users)."""
+        module = self._modules.get(node.target) if node.op == "call_module" else None
+        return self._lookup(node, module)
 
     def at(self, node: torch.fx.Node) -> None:
         """Move to `node`: what the rules read and where the atoms record couplings."""

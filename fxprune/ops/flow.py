@@ -244,7 +244,7 @@ def reduce(atoms: Atoms, flow: Flow, ndim: int, dims: Iterable[int] | None, keep
     return Flow({kept.index(d): ids for d, ids in flow.dims.items() if d not in reduced})
 
 
-def _dim_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+def dim_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
     """Pair contiguous runs of input and output dims with equal products (size-1 dims alone)."""
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
@@ -274,19 +274,25 @@ def _dim_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple
 
 
 def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequence[int],
-            why: str) -> Flow:
+            why: str, prefer: Sequence[int | None] = ()) -> Flow:
     """view / reshape / flatten / unflatten / squeeze / unsqueeze.
 
-    Merging a channel dim with others repeats each channel's atom (flatten before a linear).
-    Splitting a channel dim into several (heads, channel shuffle) couples the channels along the
-    outer dims, so the unit that can be removed is the innermost index, the same in every head
-    or shuffle group, and the view stays rectangular after surgery.
+    Merging a channel dim with others repeats each channel's atom (flatten before a linear);
+    dims that only repeat one value (a broadcast, as in grouped-query attention's
+    ``expand(...).reshape(...)``) add nothing. Splitting a channel dim into several keeps the
+    channels along one of them and couples them along the others, so the view stays
+    rectangular after surgery: along the first output dim in `prefer` that is one of them
+    (whole heads, or the C of a linear's output viewed as (C, H, W) before a conv), else along
+    the innermost (the same index in every head or shuffle group).
     """
     out: dict[int, np.ndarray] = {}
-    for ins, outs in _dim_groups(list(in_shape), list(out_shape)):
+    for ins, outs in dim_groups(list(in_shape), list(out_shape)):
         tracked = [d for d in ins if d in flow.dims]
         if not tracked:
             continue
+        real = [d for d in tracked if not atoms.discarded.issuperset(flow.dims[d].tolist())]
+        if len(tracked) > 1 and len(real) == 1 and outs:
+            tracked = real
         if not outs or len(tracked) > 1:
             for d in tracked:
                 atoms.freeze(flow.dims[d], f"reshape merges or drops channel dims at {why}")
@@ -301,7 +307,8 @@ def reshape(atoms: Atoms, flow: Flow, in_shape: Sequence[int], out_shape: Sequen
         if not varying:  # a single channel spread over several dims
             atoms.freeze(grid, f"every channel here is coupled into one (e.g. by repeated channel shuffles) at {why}")
             continue
-        inner = varying[-1]
+        inner = next((outs.index(d) for d in prefer if d in outs and outs.index(d) in varying),
+                     varying[-1])
         grid = np.moveaxis(grid, inner, -1).reshape(-1, grid.shape[inner])
         if len(varying) > 1:
             atoms.unite(grid, 0)

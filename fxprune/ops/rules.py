@@ -46,7 +46,11 @@ def resize(cx: Context, op: Op) -> Flow:
 
 
 def reshape(cx: Context, op: Op) -> Flow:
-    return fl.reshape(cx.atoms, cx.tflow(0), cx.shape(0), cx.out_shape, cx.where)
+    flow, shape = cx.tflow(0), cx.shape(0)
+    splits = flow.dims and len(cx.out_shape) > len(shape) and (
+        [s for s in cx.out_shape if s != 1] != [s for s in shape if s != 1])
+    prefer = _split_unit(cx) if splits else ()
+    return fl.reshape(cx.atoms, flow, shape, cx.out_shape, cx.where, prefer)
 
 
 def _sizes(cx: Context) -> list[object]:
@@ -263,8 +267,8 @@ def _index(cx: Context, flow: Flow, shape: tuple[int, ...], index: object) -> Fl
             if ids is not None:
                 dynamic = any(isinstance(v, torch.fx.Node) for v in (e.start, e.stop, e.step))
                 if dynamic or e.step not in (None, 1):
+                    # which channels it takes is not known here: none is tracked past it
                     cx.atoms.freeze(ids, f"strided or dynamic slice of channels at {cx.where}")
-                    out[d_out] = ids
                 else:
                     out[d_out] = ids[e]
             d_out += 1
@@ -458,13 +462,16 @@ def conv(cx: Context, op: Op) -> Flow:
 
 
 def linear(cx: Context, op: Op) -> Flow:
+    """nn.Linear, and layers that store its weight transposed (transformers' Conv1D): the
+    entry says which weight dim reads the input's last dim and which makes the output's."""
     m = cx.module()
     flow = cx.tflow(0)
     last = len(cx.shape(0)) - 1
+    w_in, w_out = op.in_params["weight"], op.out_params["weight"]
     if last in flow.dims:
-        cx.member("weight", 1, flow.dims[last])
-    out = cx.atoms.fresh(m.out_features)
-    cx.member("weight", 0, out)
+        cx.member("weight", w_in, flow.dims[last])
+    out = cx.atoms.fresh(m.weight.shape[w_out])
+    cx.member("weight", w_out, out)
     if m.bias is not None:
         cx.member("bias", 0, out)
     return Flow({**{d: i for d, i in flow.dims.items() if d != last}, last: out})
@@ -787,3 +794,103 @@ def patch_merging_pad(cx: Context, op: Op) -> Flow:
     flow = cx.tflow(0)
     last = len(cx.shape(0)) - 1
     return Flow({last: np.tile(flow.dims[last], 4)}) if last in flow.dims else UNTRACKED
+
+
+# --- where a split keeps its channels ---------------------------------------------------------
+
+
+def _split_unit(cx: Context) -> tuple[int, ...]:
+    """The output dims of a view that splits channels (see `fl.reshape`) along which its users
+    take them as channels, looking ahead through ops that only move dims: a conv's or norm's
+    dim 1 (a linear's features viewed as (C, H, W)); an attention's heads (the batch dims of a
+    matrix product or of scaled_dot_product_attention) unless ``cx.heads`` is "dim". Empty where
+    no such user is near: the innermost dim then."""
+    frontier = [(cx.node, tuple(range(len(cx.out_shape))))]  # our out dim at each position
+    seen = 0
+    while frontier and seen < 64:
+        node, dims = frontier.pop(0)
+        for user in node.users:
+            seen += 1
+            entry = cx.entry_of(user)
+            rule = entry.flow if entry is not None else None
+            if rule in _CHANNELS_AT_1 and user.args and user.args[0] is node:
+                return dims[1:2]
+            if rule in _PRODUCTS:
+                return () if cx.heads == "dim" else dims[:-2]
+            moved = _moved_dims(user, rule, node, dims)
+            if moved is not None:
+                frontier.append((user, moved))
+    return ()
+
+
+def _moved_dims(user: torch.fx.Node, rule: object, node: torch.fx.Node,
+                dims: tuple[int | None, ...]) -> tuple[int | None, ...] | None:
+    """Where the dims of `node` sit in `user`'s output, for ops that keep or permute them."""
+    n = len(dims)
+    if rule in _POINTWISE:
+        meta = user.meta.get("tensor_meta")
+        if not hasattr(meta, "shape") or len(meta.shape) < n:
+            return None
+        return (None,) * (len(meta.shape) - n) + dims
+    if rule is transpose:
+        if len(user.args) < 3:
+            return (dims[1], dims[0], *dims[2:]) if n == 2 else None
+        order = list(range(n))
+        a, b = user.args[1] % n, user.args[2] % n
+        order[a], order[b] = order[b], order[a]
+        return tuple(dims[k] for k in order)
+    if rule is permute:
+        order = user.args[1:] if user.op == "call_method" else (user.args[1],)
+        if len(order) == 1 and isinstance(order[0], (tuple, list)):
+            order = order[0]
+        return tuple(dims[k % n] for k in order) if len(order) == n else None
+    if rule is split:  # a tuple of pieces, each with our dims (see getitem)
+        return dims
+    if rule in (broadcast, expand, slice_dim):  # sizes change; expand may add leading dims
+        meta = user.meta.get("tensor_meta")
+        return (None,) * (len(meta.shape) - n) + dims if hasattr(meta, "shape") else None
+    if rule is select and user.target in ("select", torch.select, torch.ops.aten.select.int):
+        return dims[:user.args[1] % n] + dims[user.args[1] % n + 1:]
+    if rule in (reshape, view):  # follow merges that take at most one of our dims each
+        meta = user.meta.get("tensor_meta")
+        in_meta = node.meta.get("tensor_meta")
+        if not hasattr(meta, "shape") or not hasattr(in_meta, "shape"):
+            return None
+        out = [None] * len(meta.shape)
+        for ins, outs in fl.dim_groups(list(in_meta.shape), list(meta.shape)):
+            ours = [dims[k] for k in ins if dims[k] is not None and in_meta.shape[k] > 1]
+            if len(ours) > 1 or ours and len(outs) != 1:
+                return None
+            if ours:
+                out[outs[0]] = ours[0]
+        return tuple(out)
+    if rule is unbind:
+        dim = (user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)) % n
+        return dims[:dim] + dims[dim + 1:]
+    if rule is getitem:
+        if not hasattr(node.meta.get("tensor_meta"), "shape"):
+            return dims  # one tensor of unbind's tuple
+        index = user.args[1] if isinstance(user.args[1], tuple) else (user.args[1],)
+        if not all(e is None or e is Ellipsis or isinstance(e, (int, slice)) for e in index):
+            return None
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            rest = n - sum(1 for e in index if e is not None and e is not Ellipsis)
+            index = index[:at] + (slice(None),) * rest + index[at + 1:]
+        out, k = [], 0
+        for e in index:
+            if e is None:
+                out.append(None)
+                continue
+            if isinstance(e, slice):
+                out.append(dims[k])
+            k += 1
+        return (*out, *dims[k:])
+    return None
+
+
+_POINTWISE = frozenset({unary, inexact_unary, elementwise, divide})
+_CHANNELS_AT_1 = frozenset({conv, functional_conv, functional_conv_transpose, batchnorm,
+                            functional_batch_norm, groupnorm, functional_group_norm,
+                            functional_instance_norm})
+_PRODUCTS = frozenset({matmul, sdpa})

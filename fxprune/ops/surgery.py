@@ -21,6 +21,11 @@ def sync_linear(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
     m.in_features, m.out_features = rx.new_shape(node.args[0])[-1], rx.new_shape(node)[-1]
 
 
+def sync_conv1d(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
+    """transformers' Conv1D (a linear with its weight stored transposed) keeps its width in nf."""
+    m.nf = rx.new_shape(node)[-1]
+
+
 def sync_batchnorm(m: nn.Module, rx: Resize, node: torch.fx.Node) -> None:
     m.num_features = rx.new_shape(node.args[0])[1]
 

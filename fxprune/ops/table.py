@@ -223,6 +223,7 @@ ATEN: dict[object, Op] = {
                      aten.elu.default, aten.mish.default, aten.softplus.default), ACTIVATION),
     **dict.fromkeys((aten.contiguous.default, aten.clone.default, aten.dropout.default,
                      aten.alias.default, aten.detach.default, aten.to.dtype,
+                     aten.to.dtype_layout, aten.to.device, aten.to.other,
                      aten._to_copy.default, aten.type_as.default, aten.neg.default,
                      aten.abs.default, aten.exp.default, aten.sqrt.default, aten.clamp.default,
                      aten.clamp_min.default, aten.clamp_max.default, aten.erf.default,
@@ -301,6 +302,10 @@ NAMED_MODULES: dict[str, Op] = {
     "timm.layers.conv2d_same.Conv2dSame": replace(_CONV, shape=None),
     "timm.layers.pool2d_same.MaxPool2dSame": POOL,
     "timm.layers.pool2d_same.AvgPool2dSame": POOL,
+    # GPT-2's linear layers: addmm(bias, x, weight) with the weight stored (in, out)
+    "transformers.pytorch_utils.Conv1D": Op(
+        flow=rules.linear, out_params={"weight": 1, "bias": 0}, in_params={"weight": 0},
+        sync=surgery.sync_conv1d, produces=-1, fresh=True),
 }
 
 
@@ -328,8 +333,9 @@ def parameter_layout(owner: type) -> Op | None:
     keeps (timm's BatchNormAct2d is a BatchNorm2d's parameters, StdConv2d a conv's: its kernel
     dims are never channels). Which channels flow where is `lookup`'s, never this."""
     for cls in owner.__mro__:
-        if cls in MODULES:
-            return MODULES[cls]
+        named = NAMED_MODULES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if named is not None or cls in MODULES:
+            return named or MODULES[cls]
     return None
 
 

@@ -127,17 +127,26 @@ def _fetch(gm: torch.nn.Module, target: str) -> object:
     return obj
 
 
-def analyze(gm: torch.fx.GraphModule, *, strict: bool = False) -> ChannelGraph:
+HEADS = ("whole", "dim")
+
+
+def analyze(gm: torch.fx.GraphModule, *, strict: bool = False, heads: str = "whole") -> ChannelGraph:
     """Group the channels of a traced model (from `fxprune.trace`) that must go together.
 
     With ``strict=True`` an op missing from the op table raises `AnalysisError` instead of
-    freezing the channels through it.
+    freezing the channels through it. ``heads`` is the unit of attention where a model splits
+    its features into heads itself (view/reshape before a matrix product or
+    scaled_dot_product_attention): ``"whole"`` removes whole heads (head_dim kept, fewer
+    heads, a key-value head with the query heads that share it), ``"dim"`` removes one head
+    dimension in every head.
     """
+    if heads not in HEADS:
+        raise InputError(f"analyze: heads must be one of {', '.join(HEADS)}, got {heads!r}")
     if not isinstance(gm, torch.fx.GraphModule):
         raise InputError(f"analyze takes the GraphModule returned by fxprune.trace, got {type(gm).__name__}")
     if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op != "output"):
         raise InputError("the graph has no shapes: trace it with fxprune.trace(model, example_inputs)")
-    cx = Context(gm, strict)
+    cx = Context(gm, strict, ops.lookup, heads)
     for node in gm.graph.nodes:
         cx.at(node)
         cx.flows[node] = _visit(cx, node)
