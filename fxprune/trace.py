@@ -212,7 +212,10 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        # fx keeps every torch.nn module whole; those the op table does not know
+        # (nn.TransformerEncoder, nn.TransformerDecoderLayer, ...) are traced through instead
+        return super().is_leaf_module(m, module_qualified_name) and (
+            ops.lookup_module(m) is not None)
 
     def create_node(self, *args: object, **kwargs: object) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -542,7 +545,10 @@ def trace(
                                             fallback=capture == "auto")
     gm.meta[CAPTURE_KEY] = how
     inputs = _placeholder_values(gm.graph, inputs, kwargs)
-    for node in gm.graph.nodes:
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:  # read by a check that took no branch
+            gm.graph.erase_node(node)
+            continue
         if node.op == "call_module" and node.target in leaves:
             node.meta[LEAF_KEY] = leaves[node.target]
         if node.op == "get_attr" and "." in node.target and OWNER_KEY not in node.meta:

@@ -139,3 +139,46 @@ def test_addmm_weights_are_pruned_like_a_linear(capture: str) -> None:
     remove = random_request(graph, 0.5, 0)
     assert_equivalent(fxprune.prune_channels(gm, graph, remove),
                       fxprune.zero_channels(gm, graph, remove), x)
+
+
+@pytest.mark.parametrize("layer", ["encoder", "decoder"])
+def test_pytorch_transformer_layers_are_traced_through_and_prune(layer: str) -> None:
+    """nn.TransformerEncoder/DecoderLayer's fast-path checks branch on tensor properties;
+    traced through (not kept whole as fx keeps torch.nn modules), they leave no leaf."""
+    torch.manual_seed(0)
+    if layer == "encoder":
+        body = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 24, batch_first=True), 2)
+    else:
+        body = nn.TransformerDecoderLayer(16, 4, 24, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.memory = nn.Linear(8, 16), nn.Linear(8, 16)
+            self.body, self.head = body, nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            x = self.embed(x)
+            return self.head(self.body(x) if layer == "encoder" else self.body(x, self.memory(m)))
+
+    model, inputs = Net().eval(), (torch.randn(2, 5, 8), torch.randn(2, 3, 8))
+    gm = fxprune.trace(model, inputs)
+    assert gm.meta["fxprune.capture"] == "symbolic"
+    assert not any(n.op == "call_module" and isinstance(gm.get_submodule(n.target), type(body))
+                   for n in gm.graph.nodes)
+    graph = fxprune.analyze(gm)
+    ffn = [g for g in graph.prunable if g.channels == 24]
+    assert len(ffn) == (2 if layer == "encoder" else 1) and all(g.exact for g in ffn)
+    # the residual stream (and the decoder's memory) goes with nn.MultiheadAttention's head
+    # dims, 4 of them here
+    (hidden,) = [g for g in graph.prunable if any(m.param == "embed.weight" for m in g.params)]
+    assert hidden.channels == 4
+    assert any(m.param == "memory.weight" for m in hidden.params) == (layer == "decoder")
+    remove = {g.id: [0] for g in ffn}
+    with torch.no_grad():
+        torch.testing.assert_close(fxprune.prune_channels(gm, graph, remove)(*inputs),
+                                   fxprune.zero_channels(gm, graph, remove)(*inputs))
+        # inexact (LayerNorm, the 1/sqrt(head_dim) scale), but it prunes: 12 of 16 wide
+        slim = fxprune.prune_channels(gm, graph, {hidden.id: [1]})
+        assert slim(*inputs).shape == (2, 5, 3)
+        assert slim.get_submodule("embed").out_features == 12
