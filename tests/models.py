@@ -410,22 +410,24 @@ class Subclassed(nn.Module):
 class Generator(nn.Module):
     """DCGAN's generator and a VAE's decoder: a linear's features viewed as (C, H, W) before a
     transposed conv, by view, unflatten, and reshape with the batch read from the input (each
-    of the C channels owns H*W rows of the linear); and channels last, then permuted."""
+    of the C channels owns H*W rows of the linear); channels last, and channels in the middle
+    (H, C, W), then permuted."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc_view, self.fc_unflatten = nn.Linear(3, 16), nn.Linear(3, 16)
-        self.fc_reshape, self.fc_last = nn.Linear(3, 16), nn.Linear(3, 16)
+        self.fc_reshape, self.fc_last, self.fc_middle = (nn.Linear(3, 16) for _ in range(3))
         self.bn = nn.BatchNorm2d(4)
-        self.up_view, self.up_unflatten, self.up_reshape, self.up_last = (
-            nn.ConvTranspose2d(4, 2, 2, stride=2) for _ in range(4))
+        self.up_view, self.up_unflatten, self.up_reshape, self.up_last, self.up_middle = (
+            nn.ConvTranspose2d(4, 2, 2, stride=2) for _ in range(5))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, 3)
         a = self.up_view(F.relu(self.fc_view(z)).view(-1, 4, 2, 2))
         b = self.up_unflatten(self.fc_unflatten(z).unflatten(1, (4, 2, 2)))
         c = self.up_reshape(self.bn(self.fc_reshape(z).reshape(z.shape[0], 4, 2, 2)))
         d = self.up_last(self.fc_last(z).view(-1, 2, 2, 4).permute(0, 3, 1, 2))
-        return a + b + c + d
+        e = self.up_middle(self.fc_middle(z).view(-1, 2, 4, 2).transpose(1, 2))
+        return a + b + c + d + e
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,8 @@ EXPECTED = {
         S("fc_reshape.weight:0", "fc_reshape.bias:0", "bn.weight:0", "bn.bias:0",
           "bn.running_mean:0", "bn.running_var:0", "up_reshape.weight:0"): (4, P, EXACT),
         S("fc_last.weight:0", "fc_last.bias:0", "up_last.weight:0"): (4, P, EXACT),
-        S(*(f"up_{f}.{p}" for f in ("view", "unflatten", "reshape", "last")
+        S("fc_middle.weight:0", "fc_middle.bias:0", "up_middle.weight:0"): (4, P, EXACT),
+        S(*(f"up_{f}.{p}" for f in ("view", "unflatten", "reshape", "last", "middle")
             for p in ("weight:1", "bias:0"))): (2, F, EXACT),
     },
     "grouped_query": {
@@ -266,6 +267,9 @@ def test_a_linear_viewed_as_channels_and_space_keeps_its_outermost_channels() ->
     assert member(g, "fc_view.weight", 0).index_map == tuple(c for c in range(4) for _ in range(4))
     g = group_with(analyze("generator"), "fc_last.weight", 0)  # channels last: innermost
     assert member(g, "fc_last.weight", 0).index_map == (0, 1, 2, 3) * 4
+    g = group_with(analyze("generator"), "fc_middle.weight", 0)  # (H, C, W): 2 rows in 8
+    assert member(g, "fc_middle.weight", 0).index_map == tuple(
+        c for _ in range(2) for c in range(4) for _ in range(2))
 
 
 def test_heads_option_is_checked() -> None:

@@ -12,7 +12,12 @@ from torch import nn
 import fxprune
 from fxprune.passes.plan import random_request
 
-BLOCKS = ("cbr", "residual", "concat", "split", "depthwise", "squeeze_excite", "attention")
+BLOCKS = ("cbr", "residual", "concat", "split", "depthwise", "squeeze_excite", "attention",
+          "shuffle", "outer", "middle", "inner")
+# Where the channel factor sits when a linear's features are viewed as (channels, 4, 4): a
+# DCGAN generator's (C, H, W), (H, C, W) transposed, and channels last permuted.
+_VIEWS = {"outer": ((-1, 4, 4), None), "middle": ((4, -1, 4), (0, 2, 1, 3)),
+          "inner": ((4, 4, -1), (0, 3, 1, 2))}
 
 
 class Block(nn.Module):
@@ -38,7 +43,12 @@ class Block(nn.Module):
                                    nn.Conv2d(w, c, 1), nn.Sigmoid())
         elif kind == "attention":  # two heads of width w, no 1/sqrt(d) scale: exact
             self.heads, self.qkv, self.proj = 2, nn.Linear(c, 6 * w), nn.Linear(2 * w, c)
-        self.out = {"cbr": w, "concat": 2 * w + 1, "split": w + c - c // 2}.get(kind, c)
+        elif kind == "shuffle":  # split channels into (2, w), swap, merge: a channel shuffle
+            self.f, self.g = nn.Conv2d(c, 2 * w, 1), nn.Conv2d(2 * w, c, 1)
+        elif kind in _VIEWS:  # features merged (flatten), made by a linear, split (view)
+            self.fc, self.f = nn.Linear(c * 16, w * 16), nn.Conv2d(w, w, 3, padding=1)
+        self.out = {"cbr": w, "concat": 2 * w + 1, "split": w + c - c // 2, "outer": w,
+                    "middle": w, "inner": w}.get(kind, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind in ("cbr", "depthwise"):
@@ -53,6 +63,14 @@ class Block(nn.Module):
             return torch.cat([self.f(a), b], dim=1)
         if self.kind == "squeeze_excite":
             return x * self.f(x)
+        if self.kind == "shuffle":
+            y = self.f(x)
+            n, c, h, w = y.shape
+            return x + self.g(y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
+        if self.kind in _VIEWS:
+            sizes, order = _VIEWS[self.kind]
+            y = F.relu(self.fc(x.flatten(1))).view(x.shape[0], *sizes)
+            return self.f(y.permute(*order) if order else y)
         n, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         q, k, v = self.qkv(tokens).view(n, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
