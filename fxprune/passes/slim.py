@@ -39,6 +39,16 @@ def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[object, ...]:
     return tuple(values)
 
 
+def _aliases(gm: torch.nn.Module) -> dict[str, list[str]]:
+    """The other names of each tied parameter (torch.export keeps one name of a tied LM head
+    and its embedding in the graph, but the module still holds both)."""
+    names: dict[int, list[str]] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1
+            for n in group}
+
+
 def prune_channels(
     gm: torch.fx.GraphModule,
     graph: ChannelGraph,
@@ -54,11 +64,15 @@ def prune_channels(
     slim = copy.deepcopy(gm)
     old = {n.name: _shape(n) for n in gm.graph.nodes}
     new = {n.name: the_plan.new_shape(n) for n in gm.graph.nodes}
+    aliases = _aliases(slim)
     with torch.no_grad():
         for (param, dim), keep in the_plan.params.items():
             tensor = get_tensor(slim, param)
             index = torch.as_tensor(np.flatnonzero(keep), device=tensor.device)
             set_tensor(slim, param, tensor.index_select(dim, index).clone())
+            for other in aliases.get(param, ()):  # tied: the same tensor under other names
+                owner, _, name = other.rpartition(".")
+                setattr(slim.get_submodule(owner), name, get_tensor(slim, param))
     resize = Resize(the_plan.tensors, old, new)
     for node in slim.graph.nodes:
         module = slim.get_submodule(node.target) if node.op == "call_module" else None
