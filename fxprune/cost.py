@@ -3,7 +3,9 @@
 Guarantees:
 - ``cost`` runs the model once on the inputs it is given, on their device, under
   ``torch.no_grad()`` with every submodule in eval mode; each submodule's own ``training`` flag
-  is put back afterwards, even when the forward raises. Nothing is moved between devices.
+  is put back afterwards, even when the forward raises. Nothing is moved between devices. On
+  the meta device (weights and inputs made under ``torch.device("meta")``) the run computes
+  shapes alone, so a model too large for memory is counted without any weight allocated.
 - FLOP convention: ``flops`` is exactly what ``torch.utils.flop_counter.FlopCounterMode``
   reports, which counts one multiply-add as 2 FLOPs (its conv, mm, addmm, bmm and attention
   formulas all carry that factor 2), so ``macs == flops // 2``. Only those matmul-like ops are
@@ -15,7 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +61,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                kwargs: Mapping[str, object] | None = None) -> int:
     """FLOPs of one forward pass, in eval mode and without autograd."""
     # Set the flags directly instead of calling .eval(): modules from torch.export's
     # .module() raise on .train()/.eval(), and a per-module record keeps mixed modes intact.
@@ -69,7 +72,7 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            model(*inputs)
+            model(*inputs, **(kwargs or {}))
     except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
         raise InputError(
             f"the example inputs do not run through the model: {type(exc).__name__}: "
@@ -81,16 +84,19 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     return counter.get_total_flops()
 
 
-def cost(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Cost:
+def cost(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+         example_kwargs: Mapping[str, object] | None = None) -> Cost:
     """MACs, FLOPs (2 per MAC) and parameter count of `model` on `example_inputs`.
 
-    Works for plain modules, torch.fx GraphModules and modules from ``torch.export``, on any
-    device: the model runs where its inputs are. Raises `InputError` when `model` is not a
-    module, the inputs are not tensors, or the inputs do not run through the model.
+    `example_kwargs` are passed by name, as to `fxprune.trace` (a graph captured by torch.export
+    takes its keyword inputs, such as a Hugging Face model's ``use_cache``, by name only). Works
+    for plain modules, torch.fx GraphModules and modules from ``torch.export``, on any device,
+    meta included: the model runs where its inputs are. Raises `InputError` when `model` is not
+    a module, the inputs are not tensors, or the inputs do not run through the model.
     """
     model = check_module(model)
     inputs = as_input_tuple(example_inputs)
-    flops = count_flops(model, inputs)
+    flops = count_flops(model, inputs, example_kwargs)
     result = Cost(macs=flops // 2, flops=flops, params=count_params(model))
     log.debug("cost of %s: %s", type(model).__name__, result)
     return result

@@ -471,11 +471,19 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _on_meta(gm: torch.nn.Module, inputs: tuple[object, ...]) -> bool:
+    """Whether any input, parameter or buffer is a meta tensor (shape and dtype, no data)."""
+    return any(isinstance(t, torch.Tensor) and t.is_meta
+               for t in (*inputs, *gm.parameters(), *gm.buffers()))
+
+
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> None:
     """Fill ``node.meta["tensor_meta"]`` by running `gm` on fake copies of `inputs`.
 
     Leaf modules that branch on data cannot run on fake tensors; then the graph runs once on
-    the real inputs instead.
+    the real inputs instead. A model on the meta device (``torch.device("meta")``: no weight
+    in memory) runs on fake tensors like any other; where that fails there is no data to fall
+    back on, and the `InputError` says so.
     """
     # never update BatchNorm statistics while looking at shapes (the modules in training mode
     # switch, not every module twice); an exported graph has the mode it was captured in
@@ -494,10 +502,21 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(opaque):
                 _ShapeProp(gm, mode).run(*fake)
-        except InputError:
+        except InputError as fake_failed:
             log.info("fake shape propagation failed; running the model once on the real inputs")
-            with torch.no_grad():
-                _ShapeProp(gm).run(*inputs)
+            try:
+                with torch.no_grad():
+                    _ShapeProp(gm).run(*inputs)
+            except InputError as exc:
+                if not _on_meta(gm, inputs):
+                    raise
+                raise InputError(
+                    f"{fake_failed} The model or its inputs are on the meta device, whose tensors "
+                    "hold no data: every tensor input must be on meta too (or on the model's "
+                    "device), and no submodule may read values (branch on them, call .item() or "
+                    ".tolist()). Materialise the weights there (model.to_empty(device='cpu'), "
+                    "then load or initialise them) or make that code traceable."
+                ) from exc
     finally:
         for m in training:
             m.training = True

@@ -153,6 +153,12 @@ def analyze(gm: torch.fx.GraphModule, *, strict: bool = False, heads: str = "who
     return _collect(cx)
 
 
+def _unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy 2's np.unique is ~10x slower on millions of ints."""
+    s = np.sort(values)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
 def _collect(cx: Context) -> ChannelGraph:
     atoms = cx.atoms
     n = len(atoms)
@@ -162,11 +168,11 @@ def _collect(cx: Context) -> ChannelGraph:
     trainable = {name for name, _ in cx.gm.named_parameters()}
     with_params = {int(group_of[ids[0]]) for _, p, _, ids, _ in cx.members
                    if p in trainable and len(ids)}
-    frozen_roots = set(np.unique(group_of[_atom_array(atoms.frozen)]).tolist())
+    frozen_roots = set(_unique(group_of[_atom_array(atoms.frozen)]).tolist())
     live = np.ones(n, dtype=bool)
     live[_atom_array(atoms.discarded)] = False
-    live_roots = set(np.unique(group_of[live]).tolist())
-    group_roots = [r for r in np.unique(group_of).tolist()
+    live_roots = set(_unique(group_of[live]).tolist())
+    group_roots = [r for r in _unique(group_of).tolist()
                    if r in live_roots and (r in with_params or r not in frozen_roots)]
     # gid_of[a] = id of atom a's group in the result, or -1 where the group is left out
     gid_of = np.full(n, -1, dtype=np.int64)
@@ -174,7 +180,7 @@ def _collect(cx: Context) -> ChannelGraph:
     gid_of = gid_of[group_of]
     # local[c] = index of channel root c within its group (roots sort in graph order)
     local = np.full(n, -1, dtype=np.int64)
-    roots = np.unique(chan_of)
+    roots = _unique(chan_of)
     order = np.argsort(group_of[roots], kind="stable")
     by_group = group_of[roots][order]
     starts = np.flatnonzero(np.r_[len(order) > 0, by_group[1:] != by_group[:-1]])
