@@ -1,5 +1,5 @@
-"""Coverage: torchvision's classifiers, or one model per timm architecture, through fxprune
-and through Torch-Pruning.
+"""Coverage: torchvision's classifiers, one model per timm architecture, or ten Hugging Face
+transformers families, through fxprune and through Torch-Pruning.
 
 Per model (random weights with all-zero layers given small random values, one input of the
 model's own size: 1x3x224x224 for torchvision, 299 for Inception-v3, a timm model's
@@ -19,6 +19,16 @@ cap (--cap-gb) so that one blow-up cannot take the sweep down):
     python benchmarks/coverage.py [--models resnet18,vit_b_16]      # default: all (hours)
     python benchmarks/coverage.py --zoo timm --list                 # writes timm_models.json
     python benchmarks/coverage.py --zoo timm [--models resnet18]    # default: all listed
+    python benchmarks/coverage.py --zoo hf --timeout 300            # ten families, minutes
+
+The hf zoo (needs transformers) is tests/test_hf.py's ten families from tiny random configs
+(`hf_models`; nothing is downloaded), with keyword inputs (token ids and a padded mask, or
+images). fxprune's side is the one above, its ONNX file with a dynamic batch and sequence
+checked at a second size of each (``onnx_dynamic`` names the dims left free). Torch-Pruning's
+follows its examples for transformers (`torch_pruning_hf_side`): MetaPruner told the heads,
+whole heads and 30% of the channels removed, the model's heads ignored; "forward" there means
+that the pruned model runs and every output keeps its shape. Both shares count embedding
+tables and transformers' Conv1D beside conv and linear layers, as `fxprune.coverage` does.
 
 The timm zoo is one model per timm architecture module (`timm.list_modules()`): the smallest
 by parameter count whose input is at most 256 px, timm's ``test_*`` stand-ins left out. Listing
@@ -39,6 +49,8 @@ always rerun (``--sides fxprune`` reruns only fxprune's side, keeping Torch-Prun
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import resource
@@ -47,6 +59,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,17 +76,87 @@ MAX_SIZE = 256  # px: the largest input a listed timm model may need
 SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
 
 
-def build(zoo: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model in eval mode with random weights, and a random input of its own size."""
+def hf_models() -> dict[str, tuple[Callable[[], torch.nn.Module], dict, tuple[str, ...]]]:
+    """The hf zoo: ten transformers families from tiny random configs (those of
+    tests/test_hf.py; nothing is downloaded), by name: the model's factory, its keyword
+    inputs (two sequences of 7 tokens, the second padded after 5; or two 16 px images), and
+    the layers whose outputs are the model's (the heads Torch-Pruning is told to ignore)."""
+    import transformers as tf
+
+    tf.logging.set_verbosity_error()
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    text = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, image_size=16, patch_size=4)
+    tokens = {"input_ids": ids, "attention_mask": mask}
+    decoder = {**tokens, "use_cache": False}
+    lm_head = ("lm_head",)
+    return {
+        "bert": (lambda: tf.BertForSequenceClassification(tf.BertConfig(**text)), tokens,
+                 ("classifier",)),
+        "roberta": (lambda: tf.RobertaModel(tf.RobertaConfig(**text, pad_token_id=1)), tokens,
+                    ("pooler.dense",)),
+        "distilbert": (lambda: tf.DistilBertModel(tf.DistilBertConfig(
+            vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64)), tokens, ()),
+        "gpt2": (lambda: tf.GPT2Model(tf.GPT2Config(vocab_size=100, n_embd=32, n_layer=2,
+                                                    n_head=4, bos_token_id=0, eos_token_id=0)),
+                 decoder, ()),
+        "llama": (lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**text, num_key_value_heads=2)),
+                  decoder, lm_head),
+        "qwen3": (lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**text, num_key_value_heads=2,
+                                                             head_dim=8)), decoder, lm_head),
+        "mistral": (lambda: tf.MistralForCausalLM(tf.MistralConfig(**text,
+                                                                   num_key_value_heads=2)),
+                    decoder, lm_head),
+        "bart": (lambda: tf.BartModel(tf.BartConfig(
+            vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64)), {**decoder, "decoder_input_ids": ids}, ()),
+        "vit": (lambda: tf.ViTModel(tf.ViTConfig(**vision)), {"pixel_values": pixels},
+                ("pooler.dense",)),
+        "clip": (lambda: tf.CLIPModel(tf.CLIPConfig(
+            text_config=text, vision_config=vision, projection_dim=16)),
+            {**tokens, "pixel_values": pixels}, ("text_projection", "visual_projection")),
+    }
+
+
+HF_NAMES = ("bert", "roberta", "distilbert", "gpt2", "llama", "qwen3", "mistral", "bart", "vit",
+            "clip")  # hf_models(), listed without importing transformers
+
+
+def build(zoo: str, name: str) -> tuple[torch.nn.Module, tuple, dict]:
+    """The model in eval mode with random weights, and its inputs: positional (a random
+    input of its own size) or, for the hf zoo, by keyword."""
     from fxprune.app.model_specs import default_shape, load_model
 
+    if zoo == "hf":
+        factory, kwargs, _ = hf_models()[name]
+        torch.manual_seed(0)
+        return factory().eval(), (), kwargs
     spec = f"{zoo}:{name}"
     model = load_model(spec)
     if zoo == "timm" and getattr(model, "num_classes", 1000) != 1000:
         # every model with ImageNet's 1000 classes: a feature model (DINOv3) would leave its
         # width at the output, and an ImageNet-22k head (TinyViT's 21,841) outweigh the rest
         model.reset_classifier(1000)
-    return model, torch.randn(default_shape(spec, model))
+    return model, (torch.randn(default_shape(spec, model)),), {}
+
+
+def tensors(output: object) -> list[torch.Tensor]:
+    """The output's tensors, in order (a tensor, a tuple, a ModelOutput)."""
+    from torch.utils import _pytree as pytree
+
+    return [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def relative_difference(a: object, b: object) -> float:
+    """The largest difference of two outputs' tensors, relative to the second's largest value."""
+    return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
+               for x, y in zip(tensors(a), tensors(b), strict=True))
 
 
 def top_frozen_reason(gm: torch.fx.GraphModule, graph: ChannelGraph) -> str | None:
@@ -103,9 +186,9 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     from fxprune.app.model_specs import randomize_zero_parameters
     from fxprune.passes.plan import random_request
 
-    model, x = build(zoo, name)
+    model, args, kwargs = build(zoo, name)
     model = randomize_zero_parameters(model)
-    gm = fxprune.trace(model, x)
+    gm = fxprune.trace(model, args, example_kwargs=kwargs)
     out["traced"] = True
     graph = fxprune.analyze(gm)
     out["analysed"] = True
@@ -114,23 +197,33 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     out["frozen_reason"] = top_frozen_reason(gm, graph)
     exact = random_request(graph, 0.3, 0, exact_only=True)
     with torch.no_grad():
-        a = fxprune.prune_channels(gm, graph, exact)(x)
-        b = fxprune.zero_channels(gm, graph, exact)(x)
-    out["zero_equivalent"] = bool(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) <= 1e-5)
+        a = fxprune.prune_channels(gm, graph, exact)(*args, **kwargs)
+        b = fxprune.zero_channels(gm, graph, exact)(*args, **kwargs)
+    out["zero_equivalent"] = relative_difference(a, b) <= 1e-5
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
     out["pruned"] = True
-    report = fxprune.export_onnx(slim, x, folder / "fx.onnx")
+    report = fxprune.export_onnx(slim, args, folder / "fx.onnx", example_kwargs=kwargs)
     out["onnx_parity"] = report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
+    if zoo == "hf":  # the dims left free in the file, checked at a second size each
+        out["onnx_dynamic"] = sorted({label for dims in report.dynamic_dims.values()
+                                      for label in dims.values()})
+        out["onnx_exporter"] = report.exporter
 
 
-def _widths(model: torch.nn.Module) -> dict[str, int]:
-    """Output width of every conv and linear module, read from its weight."""
+def _widths(model: torch.nn.Module, embeddings: bool = False) -> dict[str, int]:
+    """Output width of every conv and linear module, read from its weight; with
+    `embeddings`, of embedding tables and transformers' Conv1D (a linear with its weight
+    transposed) too, as `fxprune.coverage` counts them."""
     widths = {}
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.modules.conv._ConvNd):
             widths[name] = m.weight.shape[1] * m.groups if m.transposed else m.weight.shape[0]
         elif isinstance(m, torch.nn.Linear):
             widths[name] = m.weight.shape[0]
+        elif embeddings and isinstance(m, torch.nn.Embedding):
+            widths[name] = m.weight.shape[1]
+        elif embeddings and type(m).__name__ == "Conv1D" and hasattr(m, "nf"):
+            widths[name] = m.weight.shape[1]
     return widths
 
 
@@ -148,7 +241,10 @@ def _classifier(zoo: str, model: torch.nn.Module) -> list[torch.nn.Module]:
 def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     import torch_pruning as tp
 
-    model, x = build(zoo, name)
+    if zoo == "hf":
+        torch_pruning_hf_side(name, folder, out)
+        return
+    model, (x,), _ = build(zoo, name)
     with torch.no_grad():
         shape = model(x).shape
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
@@ -163,6 +259,74 @@ def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     with torch.no_grad():
         out["forward"] = tuple(model(x).shape) == tuple(shape)
     torch.onnx.export(model, (x,), str(folder / "tp.onnx"), dynamo=False)
+    out["onnx"] = True
+
+
+def _attention(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Linear,
+                                                     torch.nn.Linear, torch.nn.Linear]]:
+    """Every attention module with its query, key and value projections (BERT's query/key/
+    value, DistilBERT's q_lin/k_lin/v_lin, the others' q_proj/k_proj/v_proj)."""
+    found = []
+    for m in model.modules():
+        for names in (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"),
+                      ("q_proj", "k_proj", "v_proj")):
+            layers = [getattr(m, n, None) for n in names]
+            if all(isinstance(layer, torch.nn.Linear) for layer in layers):
+                found.append((m, *layers))
+    return found
+
+
+def torch_pruning_hf_side(name: str, folder: Path, out: dict) -> None:
+    """Torch-Pruning's protocol for transformers (its examples/transformers/prune_hf_bert.py,
+    prune_hf_vit.py and examples/LLMs/prune_llm.py): MetaPruner told the heads of every
+    attention's query, key and value projections (key-value heads where grouped), whole heads
+    removed (prune_num_heads, not head dims), the same 30% of heads and of channels, the
+    model's heads ignored; then, as the examples do by hand, each attention's head counts
+    set from the pruner's. GPT-2's fused c_attn is a transformers Conv1D, which Torch-Pruning
+    does not know as a layer, so its heads are not named. The pruned model is exported with
+    torch.onnx's torch.export-based exporter and its keyword inputs (the other zoos: legacy)."""
+    import torch_pruning as tp
+
+    model, args, kwargs = build("hf", name)
+    ignored = [model.get_submodule(path) for path in hf_models()[name][2]]
+    with torch.no_grad():
+        shapes = [t.shape for t in tensors(model(*args, **kwargs))]
+    attention = _attention(model)
+    num_heads = {}
+    for m, q, k, v in attention:
+        head_dim = getattr(m, "head_dim", None) or m.attention_head_size
+        num_heads.update({q: q.out_features // head_dim, k: k.out_features // head_dim,
+                          v: v.out_features // head_dim})
+    pruner = tp.pruner.MetaPruner(
+        model, kwargs, importance=tp.importance.MagnitudeImportance(p=2, group_reduction="mean"),
+        pruning_ratio=0.3, ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
+        prune_head_dims=False, head_pruning_ratio=0.3,
+        output_transform=lambda output: sum(t.float().sum() for t in tensors(output)))
+    out["graph"] = True
+    before = _widths(model, embeddings=True)
+    for group in pruner.step(interactive=True):
+        group.prune()
+    for m, q, k, _ in attention:  # the examples' "modify the attention head size" step
+        heads, kv_heads = pruner.num_heads[q], pruner.num_heads[k]
+        for attr in ("num_attention_heads", "num_heads", "n_heads"):
+            if hasattr(m, attr):
+                setattr(m, attr, heads)
+        if hasattr(m, "all_head_size"):
+            m.all_head_size = q.out_features
+        if hasattr(m, "num_key_value_heads"):
+            m.num_key_value_heads = kv_heads
+        if hasattr(m, "num_key_value_groups"):
+            m.num_key_value_groups = heads // kv_heads
+    out["pruned"] = True
+    after = _widths(model, embeddings=True)
+    touched = sum(w for n, w in before.items() if after[n] < w)
+    out["share"] = round(touched / sum(before.values()), 4)
+    with torch.no_grad():
+        got = tensors(model(*args, **kwargs))
+    out["runs"] = True
+    out["forward"] = [t.shape for t in got] == shapes
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, args, kwargs=kwargs, dynamo=True).save(str(folder / "tp.onnx"))
     out["onnx"] = True
 
 
@@ -305,8 +469,11 @@ def tp_outcome(tp: dict) -> str:
     error = tp.get("error", "")
     if error.startswith(("timed out", "MemoryError", "crashed")):
         return error.split(":")[0]
+    if tp.get("pruned") and not tp.get("forward"):
+        return "pruned model changes the output's shape" if tp.get("runs") else \
+            "pruned model does not run"
     if tp.get("pruned"):
-        return "pruned model does not run" if not tp.get("forward") else "ONNX export fails"
+        return "ONNX export fails"
     return "fails pruning" if tp.get("graph") else "fails building its graph"
 
 
@@ -331,14 +498,14 @@ def _short(text: str, n: int = 100) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--zoo", choices=("torchvision", "timm", "hf"), default="torchvision")
     parser.add_argument("--models")
     parser.add_argument("--list", action="store_true",
                         help=f"timm: choose one model per architecture module into {TIMM_MODELS}")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap per side")
     parser.add_argument("--json", help="default: benchmarks/results/coverage.json (torchvision), "
-                                       "coverage_timm.json (timm)")
+                                       "coverage_timm.json (timm), coverage_hf.json (hf)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
     parser.add_argument("--markdown", action="store_true",
                         help="print README's table of the rows in --json; run nothing")
@@ -359,8 +526,9 @@ def main() -> int:
         return 0
     from fxprune import atomic
 
-    json_path = args.json or ("benchmarks/results/coverage.json" if args.zoo == "torchvision"
-                              else "benchmarks/results/coverage_timm.json")
+    json_path = args.json or {"torchvision": "benchmarks/results/coverage.json",
+                              "timm": "benchmarks/results/coverage_timm.json",
+                              "hf": "benchmarks/results/coverage_hf.json"}[args.zoo]
     done = {}
     if not args.fresh and Path(json_path).exists():
         done = {r["model"]: r for r in json.loads(Path(json_path).read_text())}
@@ -373,6 +541,8 @@ def main() -> int:
         names = sorted(done)
     elif args.zoo == "timm":
         names = timm_names()
+    elif args.zoo == "hf":
+        names = list(HF_NAMES)
     else:
         names = torchvision.models.list_models(module=torchvision.models)
     print("| model | fxprune: traced, analysed, pruned, slim == zeroed, ONNX parity | fxprune share "

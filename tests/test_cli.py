@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fxprune.app.cli import main
 
@@ -119,14 +120,67 @@ def test_inspect_says_where_the_graph_holds_the_example_size(
         (["inspect", "{file}:not_a_model"], "returned int, not a torch.nn.Module"),
         (["inspect", "{file}:make", "--input-shape", "1,4,8,8"], "do not run through the model"),
         (["inspect", "{file}:make", "--input-shape", "a,b"], "cannot read input shape"),
+        (["inspect", "hf:no/such/folder"], "hf:no/such/folder: the folder does not exist"),
+        (["inspect", "hf:{dir}"], "holds no config.json. Give a folder written by transformers"),
+        (["export", "hf:{dir}", "-o", "m.onnx", "--compare", "zoo:digits"],
+         "an hf:DIR model takes keyword inputs"),
+        (["prune", "hf:{dir}"], "prune trains an image classifier on --data"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
     argv: list[str], message: str, user_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [a.replace("{file}", str(user_file)) for a in argv]
+    argv = [a.replace("{file}", str(user_file)).replace("{dir}", str(user_file.parent))
+            for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT classifier saved by transformers: two layers of 4 heads, FFN 64."""
+    tf = pytest.importorskip("transformers")
+    tf.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bert")
+    tf.BertForSequenceClassification(tf.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_inspect_a_hugging_face_folder(hf_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", f"hf:{hf_folder}", "--input-shape", "2,16"]) == 0
+    out = capsys.readouterr().out
+    # the hidden size (through every LayerNorm: inexact), per layer the 4 heads and the 64
+    # FFN neurons, the pooler's 32; the 2 classes are the model's output
+    assert [row[1:3] for row in _table(out)] == [
+        ("32", "prunable (inexact)"), ("4", "prunable"), ("64", "prunable"), ("4", "prunable"),
+        ("64", "prunable"), ("32", "prunable"), ("2", "frozen")]
+    assert _table(out)[6][3] == "classifier.weight, classifier.bias"
+    assert "group 6: reaches the model output" in out
+    # every output channel but the 2 classes: the three embedding tables' 32, per layer
+    # 3 x 32 (query, key, value) + 32 + 64 + 32, the pooler's 32 and the 2 classes
+    assert "99.7% of the conv/linear output channels are in prunable groups (576 of 578)" in out
+    assert f"captured (export (symbolic tracing failed)) and analysed hf:{hf_folder} at input " \
+           "(2, 16)" in out
+
+
+def test_export_a_hugging_face_folder_with_dynamic_batch_and_sequence(
+        hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", f"hf:{hf_folder}", "-o", str(tmp_path / "bert.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "dynamo exporter, dynamic batch, sequence" in out
+    # the default example: 128 token ids (BERT has 512 positions); then batch 3, 4 more tokens
+    assert "onnxruntime vs PyTorch at batch 1, sequence 128; batch 3, sequence 132" in out
+    assert (tmp_path / "bert.onnx").is_file()
+
+
+def test_hf_inputs_need_transformers(hf_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    assert main(["inspect", f"hf:{hf_folder}"]) == 2
+    assert "hf:DIR needs transformers: pip install 'fxprune[hf]'" in capsys.readouterr().err
 
 
 def test_console_entry_point_runs() -> None:

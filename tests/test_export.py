@@ -156,3 +156,96 @@ def test_cli_exports_a_saved_slim_model_and_compares(tmp_path: Path, capsys: pyt
     assert code == 0
     assert "dynamo exporter, dynamic batch" in out and "| params |" in out
     assert (tmp_path / "s.onnx").is_file()
+
+
+class Keywords(nn.Module):
+    """Token ids, a mask and a scale by keyword, a dict of a tensor and a tuple out: what a
+    Hugging Face model looks like to the exporter. (Here, not in models.py: no other test
+    takes keyword inputs.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.proj = nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, *, scale: float = 1.0) -> dict:
+        h = self.emb(ids) * mask[..., None] * scale
+        return {"hidden": h, "pooled": (self.proj(h.mean(1)), h.sum(1))}
+
+
+def _keywords() -> tuple[nn.Module, torch.Tensor, dict]:
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    return Keywords().eval(), ids, {"mask": mask, "scale": 2.0}
+
+
+def _dims(path: Path) -> dict[str, list[str | int]]:
+    """The file's input and output dims, names where symbolic."""
+    graph = onnx.load(str(path)).graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*graph.input, *graph.output)}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_keyword_inputs_export_with_a_dynamic_sequence_and_named_outputs(
+        exporter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if exporter == "legacy":
+        monkeypatch.setattr(onnx_export, "_dynamo", lambda *a: (_ for _ in ()).throw(RuntimeError("off")))
+    model, ids, kwargs = _keywords()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = export_onnx(model, ids, tmp_path / "m.onnx", example_kwargs=kwargs)
+    assert report.exporter == exporter
+    assert report.input_names == ("ids", "mask")  # the scale is baked in
+    assert report.output_names == ("hidden", "pooled.0", "pooled.1")
+    assert report.dynamic_dims == {"ids": {0: "batch", 1: "sequence"},
+                                   "mask": {0: "batch", 1: "sequence"}}
+    assert report.sizes_checked == ({"batch": 2, "sequence": 5}, {"batch": 3, "sequence": 9})
+    assert report.static_reason is None and "dynamic batch, sequence" in str(report)
+    assert "at batch 2, sequence 5; batch 3, sequence 9" in str(report)
+    dims = _dims(report.path)
+    assert dims["ids"] == dims["mask"] == ["batch", "sequence"]
+    assert dims["pooled.0"] == ["batch", 3]
+
+
+def test_named_dims_are_the_only_dynamic_ones(tmp_path: Path) -> None:
+    model, ids, kwargs = _keywords()
+    report = export_onnx(model, ids, tmp_path / "m.onnx", example_kwargs=kwargs,
+                         dynamic_dims={"ids": {0: "n"}, "mask": {-2: "n"}})
+    assert report.dynamic_dims == {"ids": {0: "n"}, "mask": {0: "n"}}
+    assert report.sizes_checked == ({"n": 2}, {"n": 3}) and report.batch_sizes == (2, 3)
+    assert _dims(report.path)["ids"] == ["n", 5]
+    static = export_onnx(model, ids, tmp_path / "s.onnx", example_kwargs=kwargs, dynamic_dims={})
+    assert static.dynamic_dims == {} and static.sizes_checked == ({},)
+    assert _dims(static.path)["ids"] == [2, 5]
+
+
+def test_a_sequence_the_model_fixes_stays_static_unless_asked_for(tmp_path: Path) -> None:
+    model, x = build("tokens")  # learned positions for exactly 4 tokens
+    report = export_onnx(model, x, tmp_path / "m.onnx")
+    assert report.exporter == "dynamo" and report.dynamic_dims == {"ids": {0: "batch"}}
+    assert _dims(report.path)["ids"] == ["batch", 4]
+    assert "the sequence stays static: at another length, onnxruntime cannot run the " \
+           "exported graph at batch 3, sequence 8" in str(report)
+    with warnings.catch_warnings(), pytest.raises(fxprune.ExportError, match="sequence 8"):
+        warnings.simplefilter("ignore")
+        export_onnx(model, x, tmp_path / "d.onnx",
+                    dynamic_dims={"ids": {0: "batch", 1: "sequence"}})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"dynamic_dims": {"x": {0: "batch"}}}, "names 'x', which is not a tensor input: the "
+                                            "tensor inputs are ids, mask"),
+    ({"dynamic_dims": {"ids": {2: "batch"}}}, "names dim 2, but 'ids' has 2 dims"),
+    ({"dynamic_dims": {"ids": {0: ""}}}, "must be the dim's name, a non-empty string"),
+    ({"example_kwargs": {"nope": torch.ones(2)}}, "the example inputs do not fit Keywords.forward"),
+    ({"example_kwargs": {"mask": [1, 2]}}, "a keyword input is a tensor or a constant"),
+])
+def test_unusable_inputs_or_dims_are_refused_before_exporting(
+        options: dict, message: str, tmp_path: Path) -> None:
+    model, ids, kwargs = _keywords()
+    options = {"example_kwargs": kwargs, **options}
+    with pytest.raises(fxprune.InputError, match=message):
+        export_onnx(model, ids, tmp_path / "m.onnx", **options)
+    assert not list(tmp_path.iterdir())

@@ -1,11 +1,13 @@
 """Hugging Face transformers, ten families from tiny random configs (nothing is downloaded):
 captured with torch.export, analysed into heads (a key-value head with its query heads), FFN
-neurons and the hidden size, pruned, and checked against zeroing."""
+neurons and the hidden size, pruned, and checked against zeroing; the slim models export to
+ONNX with a dynamic batch and sequence, checked in onnxruntime."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +150,46 @@ def test_slim_model_takes_another_batch_and_sequence_length(captured: tuple) -> 
     with torch.no_grad():
         out = _tensors(slim(*longer_args, **longer))
     assert out and all(torch.isfinite(t).all() for t in out)
+
+
+def _one_longer(args: tuple, kwargs: dict, longer: int) -> tuple[tuple, dict]:
+    """The inputs at batch 1 with `longer` more tokens in token ids and masks (their first
+    tokens again, so that ids stay in the vocabulary and masks hold zeros and ones)."""
+    def resize(t: object) -> object:
+        if not isinstance(t, torch.Tensor):
+            return t
+        return (torch.cat([t, t[:, :longer]], 1) if t.dim() == 2 else t)[:1]
+
+    return tuple(resize(a) for a in args), {k: resize(v) for k, v in kwargs.items()}
+
+
+def test_slim_model_exports_to_onnx_with_dynamic_batch_and_sequence(captured: tuple,
+                                                                    tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    name, _, args, kwargs, gm, graph = captured
+    slim = fxprune.prune_channels(gm, graph, {g.id: [0] for g in graph.prunable})
+    report = fxprune.export_onnx(slim, args, tmp_path / "m.onnx", example_kwargs=kwargs)
+    assert report.exporter == "dynamo" and report.fallback_reason is None
+    tensors = {**dict(zip(report.input_names, args)),
+               **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}}
+    assert sorted(report.input_names) == sorted(tensors)
+    assert report.dynamic_dims == {
+        k: {0: "batch", 1: "sequence"} if v.dim() == 2 else {0: "batch"}
+        for k, v in tensors.items()}
+    text = name != "vit"
+    assert report.sizes_checked == (({"batch": 2, "sequence": 7}, {"batch": 3, "sequence": 11})
+                                    if text else ({"batch": 2}, {"batch": 3}))
+    with torch.no_grad():
+        keys = list(slim(*args, **kwargs).keys())
+    assert list(dict.fromkeys(n.split(".")[0] for n in report.output_names)) == keys
+    # onnxruntime on its own, at the example and at batch 1 with 4 more tokens (ViT: batch 1)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    for a, kw in ((args, kwargs), _one_longer(args, kwargs, 4 if text else 0)):
+        feed = {**dict(zip(report.input_names, a)), **kw}
+        got = session.run(None, {i.name: feed[i.name].numpy() for i in session.get_inputs()})
+        with torch.no_grad():
+            want = _tensors(slim(*a, **kw))
+        assert [g.shape for g in got] == [tuple(w.shape) for w in want]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(torch.from_numpy(g), w, rtol=1e-3, atol=1e-4)

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 
 from fxprune import atomic
-from fxprune.app.model_specs import default_shape, example_input, load_model, parse_shape
+from fxprune.app.model_specs import default_shape, example_inputs, load_model, parse_shape
 from fxprune.coverage import coverage
-from fxprune.errors import FxPruneError
+from fxprune.errors import FxPruneError, InputError
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import HEADS, analyze
 from fxprune.trace import CAPTURE_KEY, CAPTURES, SPECIALISED_KEY, trace
@@ -58,8 +58,9 @@ def _inspect(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape) if args.input_shape else None  # refused before loading
     model = load_model(args.model)
     shape = shape or default_shape(args.model, model)
+    inputs, kwargs = example_inputs(args.model, model, shape, args.input_dtype)
     start = time.perf_counter()
-    gm = trace(model, example_input(shape, args.input_dtype), capture=args.capture)
+    gm = trace(model, inputs, example_kwargs=kwargs, capture=args.capture)
     graph = analyze(gm, strict=args.strict, heads=args.heads)
     elapsed = time.perf_counter() - start
     print(format_table(graph))
@@ -92,16 +93,19 @@ def _export(args: argparse.Namespace) -> int:
     from fxprune.export.onnx import export_onnx
 
     shape = parse_shape(args.input_shape) if args.input_shape else None  # refused before loading
+    if args.compare and args.model.startswith("hf:"):
+        raise InputError("--compare times models that take one input tensor; an hf:DIR model "
+                         "takes keyword inputs: export it without --compare")
     model = load_model(args.model)
     shape = shape or default_shape(args.model, model)
-    x = example_input(shape, args.input_dtype)
-    report = export_onnx(model, x, args.output, opset=args.opset,
+    inputs, kwargs = example_inputs(args.model, model, shape, args.input_dtype)
+    report = export_onnx(model, inputs, args.output, example_kwargs=kwargs, opset=args.opset,
                          dynamic_batch=not args.static_batch, check=not args.no_check)
     print(report)
     if args.compare:
         original = load_model(args.compare)
         print(f"\ndeployment: {args.compare} against {args.model}, onnxruntime on the CPU\n")
-        print(deploy_report(original, model, x, repeats=args.repeats).to_markdown())
+        print(deploy_report(original, model, inputs, repeats=args.repeats).to_markdown())
     return 0
 
 
@@ -112,6 +116,10 @@ def _prune(args: argparse.Namespace) -> int:
 
     from fxprune.app.job import Job, JobConfig, init_distributed
 
+    if (args.model or "").startswith("hf:"):
+        raise InputError("prune trains an image classifier on --data, which an hf:DIR model "
+                         "is not: inspect and export it here, and prune it in Python "
+                         "(fxprune.trace(model, (), example_kwargs=...), then prune_channels)")
     known = {f.name for f in fields(JobConfig)}
     cfg = JobConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
     init_distributed(cfg.device)
@@ -137,9 +145,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:factory, "
-                   "or a saved .pt2")
-    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, hf:DIR (a folder saved by "
+                   "transformers), zoo:NAME, path/to/file.py:factory, or a saved .pt2")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (hf:DIR text "
+                   "models: batch,sequence, default 1,128)")
     p.add_argument("--input-dtype", default="float32", choices=["float32", "float64", "int64"])
 
 

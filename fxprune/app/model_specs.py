@@ -1,9 +1,11 @@
-"""Resolve the MODEL argument of the command line: `torchvision:NAME`, `zoo:NAME` (fxprune's
-own models), `file.py:factory`, or a saved `.pt2`."""
+"""Resolve the MODEL argument of the command line: `torchvision:NAME`, `timm:NAME`,
+`hf:DIR` (a Hugging Face model saved in a local folder), `zoo:NAME` (fxprune's own models),
+`file.py:factory`, or a saved `.pt2`; and make the example inputs it takes."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fxprune.errors import InputError
+from fxprune.errors import InputError, first_line
 
 # Inception v3 is defined for 299x299 inputs; every other torchvision classifier for 224.
 _DEFAULT_SIZE = {"inception_v3": 299}
+HF_SEQUENCE = 128  # tokens in the default example of an hf:DIR text model
 
 
 def load_model(spec: str) -> nn.Module:
@@ -28,7 +31,8 @@ def load_model(spec: str) -> nn.Module:
     if not sep or not name:
         raise InputError(
             f"cannot read model spec '{spec}': use torchvision:NAME (e.g. torchvision:resnet50), "
-            "timm:NAME, zoo:NAME, path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
+            "timm:NAME, hf:DIR (a Hugging Face model saved in a folder), zoo:NAME, "
+            "path/to/file.py:factory, or a model saved by fxprune (file.pt2)"
         )
     if kind == "zoo":
         from fxprune.app import model_zoo as zoo
@@ -48,6 +52,8 @@ def load_model(spec: str) -> nn.Module:
         return torchvision.models.get_model(name).eval()
     if kind == "timm":
         return _timm_model(name)
+    if kind == "hf":
+        return _hf_model(name)
     path = Path(kind)
     if path.suffix != ".py" or not path.is_file():
         raise InputError(f"model file '{kind}' not found: give an existing .py file, as file.py:factory")
@@ -80,14 +86,116 @@ def _timm_model(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False).eval()
 
 
+def _hf_model(folder: str) -> nn.Module:
+    """The model saved in `folder` by transformers' ``save_pretrained``: the class that
+    config.json's ``architectures`` names (BertForSequenceClassification), else AutoModel.
+    Read from the folder only (nothing is downloaded, no code from the folder is run), in
+    eval mode, without a key-value cache (its outputs are then tensors only)."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        where = "does not exist" if not path.exists() else "holds no config.json"
+        raise InputError(
+            f"hf:{folder}: the folder {where}. Give a folder written by transformers' "
+            "save_pretrained (config.json and the weights); fxprune reads it only and never "
+            "downloads a model from the hub"
+        )
+    try:
+        import transformers
+    except ImportError as exc:
+        raise InputError("hf:DIR needs transformers: pip install 'fxprune[hf]'") from exc
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad config
+        raise InputError(f"hf:{folder}: transformers cannot read config.json: "
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+    names = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, names[0], None) if names else transformers.AutoModel
+    if model_class is None or not hasattr(model_class, "from_pretrained"):
+        raise InputError(
+            f"hf:{folder}: config.json names the architecture {names[0]}, which transformers "
+            f"{transformers.__version__} does not define (fxprune does not run a model's own "
+            "code): load it in Python and pass it to fxprune.trace"
+        )
+    try:
+        model = model_class.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing or mismatched weights, among others
+        raise InputError(f"hf:{folder}: transformers cannot load {model_class.__name__} from "
+                         f"it: {type(exc).__name__}: {first_line(exc)}") from exc
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model.eval()
+
+
+def _hf_config(model: nn.Module, attr: str) -> object:
+    """`attr` of a Hugging Face model's config, or of its text or vision part (CLIP's)."""
+    config = model.config
+    for part in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if part is not None and getattr(part, attr, None) is not None:
+            return getattr(part, attr)
+    return None
+
+
+def _hf_pixels(model: nn.Module, batch: int) -> tuple[int, int, int, int]:
+    """The shape of the images a Hugging Face model (or its vision part) is configured for."""
+    size = _hf_config(model, "image_size") or 224
+    height, width = size if isinstance(size, (tuple, list)) else (size, size)
+    return (batch, _hf_config(model, "num_channels") or 3, height, width)
+
+
+def hf_shape(model: nn.Module) -> tuple[int, ...]:
+    """The default example shape of a Hugging Face model: (1, 128) token ids for a text model
+    (half its positions where it has fewer than 256, so that `export_onnx` can check a longer
+    sequence: CLIP's 77 give 38), (1, channels, size, size) for a vision model."""
+    if model.main_input_name == "pixel_values":
+        return _hf_pixels(model, 1)
+    positions = _hf_config(model, "max_position_embeddings") or 2 * HF_SEQUENCE
+    return (1, max(1, min(HF_SEQUENCE, positions // 2)))
+
+
+def hf_inputs(model: nn.Module, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Keyword example inputs of a Hugging Face model: token ids within the vocabulary and an
+    attention mask of `shape` (batch, sequence), pixel values for a vision model (or a vision
+    part, CLIP's) at its image size; the decoder of an encoder-decoder model reads the same
+    ids. Raises `InputError` for a shape the model cannot take."""
+    main, params = model.main_input_name, inspect.signature(model.forward).parameters
+    generator = torch.Generator().manual_seed(0)
+    if main == "pixel_values":
+        if len(shape) != 4:
+            raise InputError(f"a vision model takes --input-shape batch,channels,height,width "
+                             f"(default {','.join(map(str, hf_shape(model)))}), got {shape}")
+        return {"pixel_values": torch.randn(shape, generator=generator)}
+    if main != "input_ids":
+        raise InputError(f"models whose input is {main} are not supported on the command line "
+                         "(token ids and pixel values are): load it in Python and call "
+                         "fxprune.trace(model, (), example_kwargs={...})")
+    if len(shape) != 2:
+        raise InputError(f"a text model takes --input-shape batch,sequence (default "
+                         f"{','.join(map(str, hf_shape(model)))}), got {shape}")
+    positions = _hf_config(model, "max_position_embeddings")
+    if positions is not None and shape[1] > positions:
+        raise InputError(f"the model has {positions} positions: give a sequence of at most "
+                         f"{positions} tokens in --input-shape, got {shape[1]}")
+    ids = torch.randint(0, _hf_config(model, "vocab_size") or 2, shape, generator=generator)
+    inputs = {"input_ids": ids}
+    if "attention_mask" in params:
+        inputs["attention_mask"] = torch.ones(shape, dtype=torch.long)
+    if "decoder_input_ids" in params and getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    if "pixel_values" in params:  # a text and vision model (CLIP)
+        inputs["pixel_values"] = torch.randn(_hf_pixels(model, shape[0]), generator=generator)
+    return inputs
+
+
 def input_size(name: str) -> int:
     """The image size a torchvision classifier is defined for."""
     return _DEFAULT_SIZE.get(name, 224)
 
 
 def default_shape(spec: str, model: nn.Module | None = None) -> tuple[int, ...]:
-    """The input shape a model is defined for: a timm model's own (its pretrained config),
-    else a torchvision classifier's."""
+    """The input shape a model is defined for: a Hugging Face model's (`hf_shape`), a timm
+    model's own (its pretrained config), else a torchvision classifier's."""
+    if spec.startswith("hf:") and model is not None:
+        return hf_shape(model)
     config = getattr(model, "pretrained_cfg", None)
     if isinstance(config, dict) and len(config.get("input_size", ())) == 3:
         return (1, *config["input_size"])
@@ -115,6 +223,15 @@ def parse_shape(text: str) -> tuple[int, ...]:
             "joined by commas or by x, e.g. 1,3,224,224 or 1x3x224x224"
         )
     return tuple(int(piece) for piece in pieces)
+
+
+def example_inputs(spec: str, model: nn.Module, shape: tuple[int, ...],
+                   dtype: str) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    """What a model named on the command line runs on: one tensor of `shape`, or for hf:DIR
+    its keyword inputs (`hf_inputs`)."""
+    if spec.startswith("hf:"):
+        return (), hf_inputs(model, shape)
+    return (example_input(shape, dtype),), {}
 
 
 def example_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:

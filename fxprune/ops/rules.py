@@ -46,11 +46,11 @@ def resize(cx: Context, op: Op) -> Flow:
 
 
 def reshape(cx: Context, op: Op) -> Flow:
-    flow, shape = cx.tflow(0), cx.shape(0)
-    splits = flow.dims and len(cx.out_shape) > len(shape) and (
-        [s for s in cx.out_shape if s != 1] != [s for s in shape if s != 1])
+    flow, shape, out = cx.tflow(0), cx.shape(0), cx.out_shape
+    splits = any(any(d in flow.dims for d in ins) and sum(out[k] > 1 for k in outs) > 1
+                 for ins, outs in fl.dim_groups(list(shape), list(out)))
     prefer = _split_unit(cx) if splits else ()
-    return fl.reshape(cx.atoms, flow, shape, cx.out_shape, cx.where, prefer)
+    return fl.reshape(cx.atoms, flow, shape, out, cx.where, prefer)
 
 
 def _sizes(cx: Context) -> list[object]:
@@ -846,19 +846,21 @@ def _moved_dims(user: torch.fx.Node, rule: object, node: torch.fx.Node,
         return tuple(dims[k % n] for k in order) if len(order) == n else None
     if rule is split:  # a tuple of pieces, each with our dims (see getitem)
         return dims
-    if rule in (broadcast, expand, slice_dim):  # sizes change; expand may add leading dims
+    if rule in (broadcast, expand, repeat, slice_dim):  # sizes change; leading dims may come
         meta = user.meta.get("tensor_meta")
         return (None,) * (len(meta.shape) - n) + dims if hasattr(meta, "shape") else None
     if rule is select and user.target in ("select", torch.select, torch.ops.aten.select.int):
         return dims[:user.args[1] % n] + dims[user.args[1] % n + 1:]
     if rule in (reshape, view):  # follow merges that take at most one of our dims each
+        # (SAM's reshape(3, B * heads, N, -1) merges heads with the batch: never followed,
+        # whatever the example's batch size, so that the unit does not depend on it)
         meta = user.meta.get("tensor_meta")
         in_meta = node.meta.get("tensor_meta")
         if not hasattr(meta, "shape") or not hasattr(in_meta, "shape"):
             return None
         out = [None] * len(meta.shape)
         for ins, outs in fl.dim_groups(list(in_meta.shape), list(meta.shape)):
-            ours = [dims[k] for k in ins if dims[k] is not None and in_meta.shape[k] > 1]
+            ours = [dims[k] for k in ins if dims[k] is not None]
             if len(ours) > 1 or ours and len(outs) != 1:
                 return None
             if ours:
