@@ -55,7 +55,11 @@ def reshape(cx: Context, op: Op) -> Flow:
 
 def _sizes(cx: Context) -> list[object]:
     """The size arguments of view / reshape / expand, one per output dim."""
-    args = cx.node.args
+    return _size_args(cx.node)
+
+
+def _size_args(node: torch.fx.Node) -> list[object]:
+    args = node.args
     packed = len(args) == 2 and isinstance(args[1], (tuple, list))
     return list(args[1] if packed else args[1:])
 
@@ -852,18 +856,22 @@ def _moved_dims(user: torch.fx.Node, rule: object, node: torch.fx.Node,
     if rule is select and user.target in ("select", torch.select, torch.ops.aten.select.int):
         return dims[:user.args[1] % n] + dims[user.args[1] % n + 1:]
     if rule in (reshape, view):  # follow merges that take at most one of our dims each
-        # (SAM's reshape(3, B * heads, N, -1) merges heads with the batch: never followed,
-        # whatever the example's batch size, so that the unit does not depend on it)
         meta = user.meta.get("tensor_meta")
         in_meta = node.meta.get("tensor_meta")
         if not hasattr(meta, "shape") or not hasattr(in_meta, "shape"):
             return None
+        # a size computed by arithmetic where our dim lands is a merge the shapes may not show
+        # (SAM's reshape(3, B * heads, N, -1) with a batch of 1): not followed
+        sizes = _size_args(user) if rule is view else []
         out = [None] * len(meta.shape)
         for ins, outs in fl.dim_groups(list(in_meta.shape), list(meta.shape)):
-            ours = [dims[k] for k in ins if dims[k] is not None]
+            ours = [dims[k] for k in ins if dims[k] is not None and in_meta.shape[k] > 1]
             if len(ours) > 1 or ours and len(outs) != 1:
                 return None
             if ours:
+                size = sizes[outs[0]] if len(sizes) == len(meta.shape) else None
+                if isinstance(size, torch.fx.Node) and size.target in _SIZE_ARITHMETIC:
+                    return None
                 out[outs[0]] = ours[0]
         return tuple(out)
     if rule is unbind:
@@ -892,6 +900,7 @@ def _moved_dims(user: torch.fx.Node, rule: object, node: torch.fx.Node,
 
 
 _POINTWISE = frozenset({unary, inexact_unary, elementwise, divide})
+_SIZE_ARITHMETIC = frozenset({operator.mul, operator.floordiv, operator.add, operator.sub})
 _CHANNELS_AT_1 = frozenset({conv, functional_conv, functional_conv_transpose, batchnorm,
                             functional_batch_norm, groupnorm, functional_group_norm,
                             functional_instance_norm})
