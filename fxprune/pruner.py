@@ -75,6 +75,17 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def describe_undecided(undecided: dict[int, int], *, shown: int = 8) -> str:
+    """'3 channels undecided in groups 4 (2), 7 (1)': the groups opt1 was still deciding."""
+    if not undecided:
+        return "every channel decided"
+    worst = sorted(undecided, key=lambda g: -undecided[g])
+    listed = ", ".join(f"{g} ({undecided[g]})" for g in worst[:shown])
+    more = f" and {len(worst) - shown} more" if len(worst) > shown else ""
+    return (f"{sum(undecided.values())} channels undecided in group"
+            f"{'s' if len(worst) > 1 else ''} {listed}{more}")
+
+
 class CatalystPruner:
     """Extend a model with catalysts, regularise, then prune every channel with c > 1."""
 
@@ -89,8 +100,10 @@ class CatalystPruner:
         kappa: float = DEFAULT_KAPPA,
         eps: float = DEFAULT_EPS,
         leaf_modules: Iterable[type] = (),
+        adaptive: bool = False,
     ) -> None:
         self.c, self.target, self.gamma, self.kappa, self.eps = c, target, gamma, kappa, eps
+        self.adaptive, self.gamma_now = adaptive, gamma
         self.base = trace(model, example_inputs, leaf_modules=leaf_modules)
         self.graph = analyze(self.base)
         self.model = insert_catalysts(self.base, self.graph, c=c, target=target)
@@ -106,11 +119,20 @@ class CatalystPruner:
 
     def penalty(self) -> torch.Tensor:
         """gamma * ||DW||_{2,1}: add it to the task loss."""
-        return self.gamma * catalyst_penalty(self.model)
+        return self.gamma_now * catalyst_penalty(self.model)
+
+    def step_epoch(self) -> None:
+        """Call once per opt1 epoch."""
 
     def ratios(self) -> dict[int, np.ndarray]:
         """c per channel, per group id."""
         return {m.group: m.ratios(self.model).cpu().numpy() for _, m in catalysts(self.model)}
+
+    def undecided(self) -> dict[int, int]:
+        """Per group id, how many channels still have |log10 c| <= kappa (groups with none are
+        left out): where opt1 is still deciding."""
+        counts = {g: int(np.sum(np.abs(np.log10(c)) <= self.kappa)) for g, c in self.ratios().items()}
+        return {g: n for g, n in counts.items() if n}
 
     def converged(self) -> bool:
         """The eps rule (||DW||_{2,1} < eps) or the kappa rule (every |log10 c| > kappa)."""

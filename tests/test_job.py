@@ -274,3 +274,23 @@ def test_a_baseline_resumes_after_its_decision(tmp_path: Path) -> None:
     with pytest.raises(_Crash):
         Job(cfg, progress=_crash_at("finetune", 1)).run()
     assert _text(Job(cfg, resume=True).run()) == _text(whole)
+
+
+def test_an_unconverged_opt1_names_its_groups_and_continues_with_a_larger_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["prune", "--pretrain-epochs", "2", "--opt1-epochs", "1", "--finetune-epochs",
+                 "1", "-o", str(out)]) == 0
+    report = _report(out)
+    assert report["converged"] is False and sum(report["undecided"].values()) > 0
+    assert "channels undecided in group" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    command = printed.split("Continue it with\n")[1].split()
+    assert command[0] == "fxprune" and command[-3:] == ["--resume", "--opt1-epochs", "2"]
+    assert main(command[1:]) == 0
+    continued = _report(out)
+    assert [h["epoch"] for h in continued["history"] if h["stage"] == "opt1"] == [0, 1]
+    assert [h["stage"] for h in continued["history"]].count("finetune") == 1
+    # the continued opt1 started from the weights the first budget ended with
+    first = [h for h in report["history"] if h["stage"] == "opt1"]
+    assert continued["history"][:len(first) + 2] == report["history"][:len(first) + 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -115,6 +116,7 @@ def _prune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fxprune.app.job import Job, JobConfig, init_distributed
+    from fxprune.pruner import describe_undecided
 
     if (args.model or "").startswith("hf:"):
         raise InputError("prune trains an image classifier on --data, which an hf:DIR model "
@@ -141,7 +143,25 @@ def _prune(args: argparse.Namespace) -> int:
               f"fewer; opt1 converged: {report['converged']}, margin "
               f"{report['margin_decades']:.1f} decades")
         print(f"wrote {cfg.out}/report.md, report.json, model.onnx, model.pt2, groups.html")
+        if report.get("undecided"):
+            epochs = cfg.opt1_epochs
+            print(f"\nopt1 ran out of its {epochs}-epoch budget before deciding: "
+                  f"{describe_undecided(report['undecided'])}. Continue it with\n  "
+                  + continue_command(args.argv, 2 * epochs))
     return 0
+
+
+def continue_command(argv: Sequence[str], epochs: int) -> str:
+    """`argv` as `fxprune` command that resumes with an opt1 budget of `epochs`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--opt1-epochs":
+            skip = True
+        elif arg != "--resume" and not arg.startswith("--opt1-epochs="):
+            kept.append(arg)
+    return shlex.join(["fxprune", *kept, "--resume", "--opt1-epochs", str(epochs)])
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `prune` prints the command that continues an unconverged run
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -43,7 +43,14 @@ from fxprune.graph import ChannelGraph
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import strip_catalysts
 from fxprune.passes.slim import prune_channels
-from fxprune.pruner import DEFAULT_C, DEFAULT_GAMMA, DEFAULT_KAPPA, CatalystPruner, spearman
+from fxprune.pruner import (
+    DEFAULT_C,
+    DEFAULT_GAMMA,
+    DEFAULT_KAPPA,
+    CatalystPruner,
+    describe_undecided,
+    spearman,
+)
 from fxprune.target import best_index, bisect, bracket, next_probe
 from fxprune.trace import trace
 
@@ -145,6 +152,7 @@ class Decision:
     log10_c_pruned: list[float] | None = None
     initial_norm: list[float] | None = None
     pruned: list[bool] | None = None
+    undecided: dict[int, int] | None = None  # group id -> channels with |log10 c| <= kappa
 
     def figures(self) -> dict[str, object]:
         return {k: v for k, v in asdict(self).items() if k != "removed" and v is not None}
@@ -194,6 +202,8 @@ class Job:
         self.bar = None
         self.resumed = resume
         self.state = self._load_checkpoint() if resume else State()
+        if resume:
+            self._extend_opt1()
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg.data, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size)
         self.example = torch.zeros((1, *self.data.input_shape), device=self.device)
@@ -225,6 +235,22 @@ class Job:
             raise InputError(f"the checkpoint {path} is corrupted or not fxprune's "
                              f"({type(exc).__name__}: {first_line(exc)[:200]}); "
                              "delete it to start over") from exc
+
+    def _extend_opt1(self) -> None:
+        """A finished job whose Catalyst opt1 ran out of budget unconverged goes back to opt1
+        when resumed with a larger --opt1-epochs: the weights and optimiser at the end of its
+        budget continue training, and what came after (decision, fine-tuning, export) is
+        redone. The random state is the one saved last, so the continued run is not
+        bit-identical to one given the larger budget from the start."""
+        done, cfg = self.state.opt1_done, self.cfg
+        if (STAGES.index(self.state.stage) <= STAGES.index("opt1") or "optimizer" not in done
+                or cfg.opt1_epochs <= done["epochs"]):
+            return
+        log.warning("continuing opt1 from epoch %d to %d", done["epochs"], cfg.opt1_epochs)
+        self.state = replace(
+            self.state, stage="opt1", epoch=done["epochs"], stopped=False, model=done["model"],
+            optimizer=done["optimizer"], scheduler={}, opt1_done={}, decision=None, figures={},
+            history=[h for h in self.state.history if h["stage"] in ("pretrain", "opt1")])
 
     def _save_checkpoint(self) -> None:
         self.state.rng = torch.get_rng_state()
@@ -412,8 +438,11 @@ class Job:
             self.state.opt1_done = self._regularise(gm, graph)
         elif cfg.target_macs is None:
             pruner = self._catalyst_opt1(gm, cfg.c)
-            self.state.opt1_done = {"model": pruner.model.state_dict(),
-                                    "converged": pruner.converged(), "c": cfg.c}
+            converged = pruner.converged()
+            self.state.opt1_done = {"model": pruner.model.state_dict(), "converged": converged,
+                                    "c": cfg.c, "epochs": self.state.epoch}
+            if not converged:  # what `--resume` with a larger budget continues from
+                self.state.opt1_done["optimizer"] = self.state.optimizer
         else:
             self._calibrate(gm, graph)
 
@@ -494,9 +523,11 @@ class Job:
             pruner.model.load_state_dict(done["model"])
         before = accuracy(pruner.model, self.test_loader, device=self.device)
         d = pruner.diagnostics()
+        undecided = pruner.undecided()
         if not d.converged:
-            log.warning("opt1 did not converge within %d epochs (margin %.2f decades): the "
-                        "pruning step is not lossless", cfg.opt1_epochs, d.margin_decades)
+            log.warning("opt1 did not converge within %d epochs (margin %.2f decades): %s; the "
+                        "pruning step is not lossless", done.get("epochs", cfg.opt1_epochs),
+                        d.margin_decades, describe_undecided(undecided))
         intermediate = pruner.prune(force=True, round_to=cfg.round_to)
         after = accuracy(intermediate, self.test_loader, device=self.device)
         final = pruner.finalize()
@@ -505,7 +536,7 @@ class Job:
             converged=d.converged, margin=d.margin, margin_decades=d.margin_decades,
             rank_correlation=d.rank_correlation, log10_c_kept=d.log10_c_kept.tolist(),
             log10_c_pruned=d.log10_c_pruned.tolist(), initial_norm=d.initial_norm.tolist(),
-            pruned=d.pruned.tolist())
+            pruned=d.pruned.tolist(), undecided=undecided)
         return decision, final
 
     def _baseline_decision(self, gm: torch.fx.GraphModule,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fxprune import atomic
+from fxprune.pruner import describe_undecided
 
 PLOTS = ("log10_c.png", "decision_vs_magnitude.png", "training.png", "channels.png")
 
@@ -110,7 +111,9 @@ def write_report(out: Path, report: dict, history: list[dict]) -> None:
         f"({_fmt(report.get('macs_ratio'))}x fewer) |",
         f"| parameters | {_fmt(report.get('params_before'), ',')} -> "
         f"{_fmt(report.get('params_after'), ',')} ({_fmt(report.get('params_ratio'))}x fewer) |",
-        f"| opt1 converged | {report.get('converged')} |",
+        f"| opt1 converged | {report.get('converged')}"
+        + (f" ({describe_undecided(report['undecided'])}; continue with `--resume` and a larger "
+           "`--opt1-epochs`)" if report.get("undecided") else "") + " |",
         f"| margin (Catalyst: smallest pruned c / largest kept c; baselines: smallest kept "
         f"score / largest pruned) | {_fmt(report.get('margin'), '.3g')} "
         f"({_fmt(report.get('margin_decades'), '.1f')} decades) |",
