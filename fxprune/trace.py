@@ -405,7 +405,7 @@ class _ShapeProp(torch.fx.Interpreter):
         if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
             # Fake kernels of common modules cost far more than the arithmetic of their shapes.
             rule = self._shape_rule(module)
-            shape = rule(module, tuple(args[0].shape)) if rule is not None else None
+            shape = rule(module, args[0]) if rule is not None else None
             if shape is not None:
                 return _empty(args[0], shape)
         return module(*args, **kwargs)
