@@ -100,13 +100,14 @@ class CatalystPruner:
         kappa: float = DEFAULT_KAPPA,
         eps: float = DEFAULT_EPS,
         leaf_modules: Iterable[type] = (),
-        adaptive: bool = False,
+        loss_gradient: bool = False,
     ) -> None:
         self.c, self.target, self.gamma, self.kappa, self.eps = c, target, gamma, kappa, eps
-        self.adaptive, self.gamma_now = adaptive, gamma
+        self.loss_gradient = loss_gradient  # see fxprune.passes.catalyst
         self.base = trace(model, example_inputs, leaf_modules=leaf_modules)
         self.graph = analyze(self.base)
-        self.model = insert_catalysts(self.base, self.graph, c=c, target=target)
+        self.model = insert_catalysts(self.base, self.graph, c=c, target=target,
+                                      loss_gradient=loss_gradient)
         self.initial_norm = {m.group: m.magnitude(self.model).detach().cpu().numpy()
                              for _, m in catalysts(self.model)}
         self.intermediate: torch.fx.GraphModule | None = None
@@ -119,10 +120,7 @@ class CatalystPruner:
 
     def penalty(self) -> torch.Tensor:
         """gamma * ||DW||_{2,1}: add it to the task loss."""
-        return self.gamma_now * catalyst_penalty(self.model)
-
-    def step_epoch(self) -> None:
-        """Call once per opt1 epoch."""
+        return self.gamma * catalyst_penalty(self.model)
 
     def ratios(self) -> dict[int, np.ndarray]:
         """c per channel, per group id."""
@@ -218,7 +216,8 @@ class CatalystPruner:
     def _carry_catalysts(self, slim: torch.fx.GraphModule) -> torch.fx.GraphModule:
         """Re-insert catalysts on the slim graph with each kept channel's trained D."""
         graph = analyze(slim)
-        extended = insert_catalysts(slim, graph, c=1.0, target=self.target)
+        extended = insert_catalysts(slim, graph, c=1.0, target=self.target,
+                                    loss_gradient=self.loss_gradient)
         old = {m.group: m for _, m in catalysts(self.model)}
         for _, new in catalysts(extended):
             param, dim = new.sources[0].param, new.sources[0].dim

@@ -92,11 +92,11 @@ class _EditsInPlace(torch.nn.Module):
 def test_outputs_edited_in_place_are_copied_and_the_others_are_views() -> None:
     torch.manual_seed(0)
     model = _EditsInPlace().train()
-    pruner = CatalystPruner(model, torch.randn(2, 3, 8, 8))
+    pruner = CatalystPruner(model, torch.randn(2, 3, 8, 8), loss_gradient=True)
     views = {m.group: m.site_views for _, m in catalysts(pruner.model)}
     assert sorted(views.values()) == [[False], [True]]
     for net in (pruner.model, CatalystPruner(torchvision.models.resnet18(num_classes=4).train(),
-                                             torch.randn(1, 3, 32, 32)).model):
+                                             torch.randn(1, 3, 32, 32), loss_gradient=True).model):
         loss = net(torch.randn(4, 3, 32, 32)).square().mean()
         loss.backward()  # no "view modified in place" error anywhere
         found = [m for _, m in catalysts(net)]

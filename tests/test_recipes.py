@@ -11,6 +11,8 @@ import pytest
 import torch
 from test_job import _cifar_folder
 
+import fxprune
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,3 +29,24 @@ def test_cifar_resnet56_recipe_smoke(tmp_path: Path, device: str) -> None:
     assert "ResNet-56 / CIFAR-10" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["model"] == "zoo:cifar_resnet56" and (out / "model.onnx").is_file()
+
+
+def test_the_convergence_study_resumes_and_traces_every_architecture(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from catalyst_convergence import ARCHS
+
+    for name, make in ARCHS.items():  # each architecture holds catalysts in several groups
+        model = make().eval()
+        graph = fxprune.analyze(fxprune.trace(model, torch.randn(2, 1, 8, 8)))
+        assert sum(g.prunable for g in graph.groups) >= 3, name
+    command = [sys.executable, str(ROOT / "benchmarks" / "catalyst_convergence.py"), "--archs",
+               "mlp", "--seeds", "0", "--c", "1.2", "--cap", "2", "--out", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = json.loads((tmp_path / "catalyst_convergence.json").read_text())
+    assert [(r["arch"], r["epochs"]) for r in rows] == [("mlp", 2)]
+    assert (tmp_path / "catalyst_convergence" / "mlp_s0_c1.2_paper_cap2.npy").is_file()
+    assert (tmp_path / "catalyst_convergence_slowest_paper.png").is_file()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.stdout.splitlines()[2] == first.stdout.splitlines()[2]  # read back, not rerun
+    assert json.loads((tmp_path / "catalyst_convergence.json").read_text()) == rows

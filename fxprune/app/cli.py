@@ -144,7 +144,7 @@ def _prune(args: argparse.Namespace) -> int:
               f"{report['margin_decades']:.1f} decades")
         print(f"wrote {cfg.out}/report.md, report.json, model.onnx, model.pt2, groups.html")
         if report.get("undecided"):
-            epochs = cfg.opt1_epochs
+            epochs = job.opt1_epochs
             print(f"\nopt1 ran out of its {epochs}-epoch budget before deciding: "
                   f"{describe_undecided(report['undecided'])}. Continue it with\n  "
                   + continue_command(args.argv, 2 * epochs))
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of MACs to keep, e.g. 0.5 (baselines: by ranking)")
     p.add_argument("--round-to", dest="round_to", type=int, help="keep a multiple of N channels")
     p.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int)
-    p.add_argument("--opt1-epochs", dest="opt1_epochs", type=int, help="opt1 budget")
+    p.add_argument("--opt1-epochs", dest="opt1_epochs", type=int, help="opt1 budget (default: "
+                   "what 14 / (lr * gamma / (1 - momentum)) optimiser steps take: 78 on digits)")
     p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fxprune import atomic, ops
 from fxprune.app.datasets import load_data
-from fxprune.app.training import accuracy, train_epoch
+from fxprune.app.training import accuracy, precise_bn, train_epoch
 from fxprune.baselines import METHODS as BASELINES
 from fxprune.baselines import Scorer, initial_norms
 from fxprune.cost import cost
@@ -77,7 +77,7 @@ class JobConfig:
     prune_share: float = 0.4  # baselines without a MACs target: share of channels removed
     round_to: int = 1
     pretrain_epochs: int = 15
-    opt1_epochs: int = 60
+    opt1_epochs: int | None = None  # None: `opt1_budget`, from the effective step
     finetune_epochs: int = 10
     batch_size: int = 32
     lr: float = 0.02
@@ -187,6 +187,20 @@ class State:
                    decision=None if decision is None else Decision(**decision))
 
 
+# Catalyst's ratios leave c = 1 at a rate set by the effective step lr * gamma / (1 - momentum)
+# per optimiser step, whatever the model: in benchmarks/catalyst_convergence.py opt1 decided
+# every channel of seven architectures within effective step x optimiser steps = 11 (README).
+OPT1_STEP_SUM = 14.0
+
+
+def opt1_budget(cfg: JobConfig, steps_per_epoch: int) -> int:
+    """--opt1-epochs, or the epochs that hold OPT1_STEP_SUM / effective step optimiser steps."""
+    if cfg.opt1_epochs is not None:
+        return cfg.opt1_epochs
+    step = cfg.lr * cfg.gamma / (1 - cfg.momentum)
+    return max(1, math.ceil(OPT1_STEP_SUM / (step * max(steps_per_epoch, 1))))
+
+
 class Job:
     """One run of the pipeline; `run()` returns the report dict (also written as JSON)."""
 
@@ -202,8 +216,6 @@ class Job:
         self.bar = None
         self.resumed = resume
         self.state = self._load_checkpoint() if resume else State()
-        if resume:
-            self._extend_opt1()
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg.data, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size)
         self.example = torch.zeros((1, *self.data.input_shape), device=self.device)
@@ -215,6 +227,11 @@ class Job:
                                        shuffle=sampler is None, sampler=sampler,
                                        generator=self.generator)
         self.test_loader = DataLoader(self.data.test, batch_size=256)
+        self.opt1_epochs = opt1_budget(cfg, len(self.train_loader))
+        if resume:
+            self._extend_opt1()
+        # in order, so that re-estimating BatchNorm statistics draws no random numbers
+        self.stats_loader = DataLoader(self.data.train, batch_size=cfg.batch_size)
         self.model: nn.Module | None = None  # the user's model, built by `run`
         self._analysed: tuple[torch.fx.GraphModule, ChannelGraph] | None = None
         self._slim_model: torch.fx.GraphModule | None = None
@@ -242,11 +259,11 @@ class Job:
         budget continue training, and what came after (decision, fine-tuning, export) is
         redone. The random state is the one saved last, so the continued run is not
         bit-identical to one given the larger budget from the start."""
-        done, cfg = self.state.opt1_done, self.cfg
+        done = self.state.opt1_done
         if (STAGES.index(self.state.stage) <= STAGES.index("opt1") or "optimizer" not in done
-                or cfg.opt1_epochs <= done["epochs"]):
+                or self.opt1_epochs <= done["epochs"]):
             return
-        log.warning("continuing opt1 from epoch %d to %d", done["epochs"], cfg.opt1_epochs)
+        log.warning("continuing opt1 from epoch %d to %d", done["epochs"], self.opt1_epochs)
         self.state = replace(
             self.state, stage="opt1", epoch=done["epochs"], stopped=False, model=done["model"],
             optimizer=done["optimizer"], scheduler={}, opt1_done={}, decision=None, figures={},
@@ -303,7 +320,7 @@ class Job:
 
     def report(self) -> dict:
         s = self.state
-        out = {"config": asdict(self.cfg), "stage": s.stage,
+        out = {"config": asdict(self.cfg), "opt1_budget": self.opt1_epochs, "stage": s.stage,
                "removed": s.decision.removed if s.decision is not None else {},
                "seconds": s.seconds}
         if s.baseline_acc is not None:
@@ -394,6 +411,11 @@ class Job:
                                device=self.device)
             if schedule is not None:
                 schedule.step()
+            if state.stage == "opt1":
+                # the regularisers shrink whole channels by orders of magnitude within a few
+                # epochs, and BatchNorm's running averages lag them: evaluation would show a
+                # dip of tens of points that the model never had (see precise_bn)
+                precise_bn(model, self.stats_loader, device=self.device)
             row, stop = watch(loss) if watch is not None else ({"loss": loss}, False)
             self._record(epoch=epoch, **row, acc=accuracy(model, self.test_loader, device=self.device))
             state.epoch, state.stopped, state.model = epoch + 1, bool(stop), model.state_dict()
@@ -457,7 +479,8 @@ class Job:
             return {"c0": c, "loss": loss, "penalty": d.penalty, "decided": d.decided,
                     "margin": d.margin_decades}, d.converged
 
-        self._train(pruner.model, optimizer, cfg.opt1_epochs, penalty=pruner.penalty, watch=watch)
+        self._train(pruner.model, optimizer, self.opt1_epochs, penalty=pruner.penalty,
+                    watch=watch)
         return pruner
 
     def _calibrate(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> None:
@@ -493,7 +516,7 @@ class Job:
         scorer = Scorer(model, graph, cfg.method)
         strength = cfg.strength if cfg.method in ("group-lasso", "slimming") else 0.0
         optimizer = self._sgd(model.parameters(), cfg.lr)
-        self._train(model, optimizer, cfg.opt1_epochs if strength else 0,
+        self._train(model, optimizer, self.opt1_epochs if strength else 0,
                     penalty=lambda: strength * scorer.penalty(model))
         return {"model": model.state_dict(), "converged": True}
 
@@ -526,7 +549,7 @@ class Job:
         undecided = pruner.undecided()
         if not d.converged:
             log.warning("opt1 did not converge within %d epochs (margin %.2f decades): %s; the "
-                        "pruning step is not lossless", done.get("epochs", cfg.opt1_epochs),
+                        "pruning step is not lossless", done.get("epochs", self.opt1_epochs),
                         d.margin_decades, describe_undecided(undecided))
         intermediate = pruner.prune(force=True, round_to=cfg.round_to)
         after = accuracy(intermediate, self.test_loader, device=self.device)

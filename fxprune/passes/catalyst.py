@@ -8,8 +8,21 @@ activation: the op table's ``catalyst_after``) are sigma, the producer's output 
     psi(u) = sigma(u) + (D - stopgrad(D)) * u
 
 so the extended model computes exactly the original function (the twin Dbar is a stop-gradient
-copy of D: the reading the prototype found lossless), while D receives the task loss gradient
-sum(dL/dpsi * u) and the regulariser's. D starts at c times each channel's group norm ||G_i||.
+copy of D: the reading the prototype found lossless). D starts at c times each channel's group
+norm ||G_i||, and by default moves by the regulariser alone: ``loss_gradient=True`` also gives
+it the task loss's gradient sum(dL/dpsi * u), the paper's method as written.
+
+Why not as written: benchmarks/catalyst_convergence.py (seven architectures on digits, three
+seeds, README "Catalyst's convergence") found that the loss's gradient on D is noise that keeps
+D of a kept channel from shrinking below a floor, so its c hovers between 10^-2 and 10^-1 and
+the kappa rule never holds: an MLP did not converge in 150 epochs at c0 = 1.5, and in every
+run slower than 45 epochs the channels left undecided were mostly kept ones, rising back over
+-kappa. With D moved
+by the regulariser alone, |D| shrinks at a rate set by ||G||, c's fate is set by how well the
+task loss defends G (which is where the paper's argument puts it), every run converged, and
+the pruning step stayed lossless. Doubling gamma instead halved the time on plain CNNs but
+left the reachable |log10 c|, about log10(1 / lambda), too close to kappa (a MobileNet-style
+net never converged); leaving D out of weight decay changed little.
 
 Reads the ChannelGraph of `analyze`; returns a new GraphModule (the input stays usable). Groups
 with no conv/linear producer, or (``target="bn"``) no norm parameters, get no catalyst.
@@ -79,9 +92,10 @@ class Catalyst(nn.Module):
 
     def __init__(self, group: int, d: torch.Tensor, sites: list[tuple[torch.Tensor | None, int]],
                  sources: list[tuple[Source, torch.Tensor | None, torch.Tensor | None]],
-                 views: list[bool] | None = None) -> None:
+                 views: list[bool] | None = None, *, loss_gradient: bool = False) -> None:
         super().__init__()
         self.group = group
+        self.loss_gradient = loss_gradient  # does D also receive the task loss's gradient?
         self.d = nn.Parameter(d.clone())
         self.site_dims = [dim for _, dim in sites]
         self.site_views = views or [False] * len(sites)  # True: output may alias (see _Catalyse)
@@ -93,7 +107,8 @@ class Catalyst(nn.Module):
             self.register_buffer(f"src{k}_chan", channels)
 
     def forward(self, out: torch.Tensor, u: torch.Tensor, site: int) -> torch.Tensor:
-        return _Catalyse.apply(out, u, self.d, getattr(self, f"site{site}"),
+        d = self.d if self.loss_gradient else self.d.detach()
+        return _Catalyse.apply(out, u, d, getattr(self, f"site{site}"),
                                self.site_dims[site], self.site_views[site])
 
     def slices(self) -> list[Slice]:
@@ -292,9 +307,12 @@ def _sigma_end(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
 
 
 def insert_catalysts(
-    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float = 1.0, target: str = "group"
+    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float = 1.0, target: str = "group",
+    loss_gradient: bool = False,
 ) -> torch.fx.GraphModule:
-    """A copy of `gm` with a catalyst after each producer of each prunable group's channels."""
+    """A copy of `gm` with a catalyst after each producer of each prunable group's channels.
+    With ``loss_gradient=True``, D also receives the task loss's gradient sum(dL/dpsi * u) (the
+    paper's method as written); by default it moves by the regulariser alone (see above)."""
     if target not in TARGETS:
         raise InputError(f"target must be one of {TARGETS}, got {target!r}")
     if c <= 0:
@@ -310,7 +328,8 @@ def insert_catalysts(
                                        group.channels), m.dim) for _, m in sites]
         ends = [_sigma_end(extended, producer) for producer, _ in sites]
         catalyst = Catalyst(group.id, torch.zeros(group.channels, device=device), site_specs,
-                            sources, [_never_edited(extended, end) for end in ends])
+                            sources, [_never_edited(extended, end) for end in ends],
+                            loss_gradient=loss_gradient)
         with torch.no_grad():
             catalyst.d.copy_(c * catalyst.magnitude(extended))
         extended.add_submodule(name, catalyst)
