@@ -8,9 +8,10 @@ convergence, top-1 before and right after the pruning step, the lowest top-1 see
 margin, MACs cut. Each epoch's log10 c of every channel is kept, and the slowest run's
 trajectories are plotted, so the channels that stall can be seen.
 
-``--remedy`` names the variants of opt1 to run (``VARIANTS``): ``paper`` is the method with
-the defaults (gamma 0.02, weight decay on D as on every parameter); the others change one
-thing each.
+``--remedy`` names the variants of opt1 to run (``VARIANTS``): ``default`` is fxprune's
+(gamma 0.02, D moved by the regulariser alone, weight decay on every parameter), ``paper``
+the method as written (D also receives the task loss's gradient), and two more change one
+thing of the paper's: gamma doubled, or no weight decay on D.
 
 Every epoch's top-1 is measured after re-estimating BatchNorm's running statistics
 (``precise_bn``; training never reads them), and also as it stood (in brackets): the running
@@ -18,7 +19,7 @@ averages lag weights that opt1 shrinks by orders of magnitude, so that figure di
 points the model never lost.
 
     python benchmarks/catalyst_convergence.py [--archs digitsnet,vgg,...] [--seeds 0,1,2]
-        [--c 1.2,1.5] [--remedy paper,gamma-0.04] [--cap 150] [--out benchmarks/results]
+        [--c 1.2,1.5] [--remedy default,paper] [--cap 150] [--out benchmarks/results]
 
 Finished runs are saved as they end (the summary JSON and one .npy of log10 c per run), so a
 killed study rerun with the same arguments skips them.
@@ -199,8 +200,12 @@ def pretrain(arch: str, loaders: dict, seed: int, epochs: int = 20) -> nn.Module
     return model.eval()
 
 
-VARIANTS = {"paper": {}, "gamma-0.04": {"gamma": 0.04}, "gamma-0.01": {"gamma": 0.01},
-            "no-wd-on-d": {"decay_d": False}, "no-loss-on-d": {"loss_gradient": False}}
+# What each variant changes from fxprune's defaults (gamma 0.02, D moved by the regulariser
+# alone, weight decay on every parameter). "paper" is the method as written: D also receives
+# the task loss's gradient; the other two change one thing of it.
+VARIANTS = {"default": {}, "paper": {"loss_gradient": True},
+            "paper-gamma-0.04": {"loss_gradient": True, "gamma": 0.04},
+            "paper-no-wd-on-d": {"loss_gradient": True, "decay_d": False}}
 
 
 def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int, seed: int) -> dict:
@@ -209,7 +214,7 @@ def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int, se
     torch.manual_seed(seed + 1)
     variant = VARIANTS[remedy]
     pruner = CatalystPruner(copy.deepcopy(base), x, c=c0, gamma=variant.get("gamma", 0.02),
-                            loss_gradient=variant.get("loss_gradient", True))
+                            loss_gradient=variant.get("loss_gradient", False))
     if variant.get("decay_d", True):
         optimizer = pruner.sgd(lr=0.02, momentum=0.9, weight_decay=5e-4)
     else:
@@ -278,7 +283,8 @@ def main() -> int:
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--c", default="1.2,1.5")
-    parser.add_argument("--remedy", default="paper", help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--remedy", default="default,paper",
+                        help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--cap", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 "
                         "is as fast, and several runs can share the machine)")

@@ -101,13 +101,14 @@ class CatalystPruner:
         eps: float = DEFAULT_EPS,
         leaf_modules: Iterable[type] = (),
         loss_gradient: bool = False,
+        inexact: bool = False,
     ) -> None:
         self.c, self.target, self.gamma, self.kappa, self.eps = c, target, gamma, kappa, eps
-        self.loss_gradient = loss_gradient  # see fxprune.passes.catalyst
+        self.loss_gradient, self.inexact = loss_gradient, inexact  # see fxprune.passes.catalyst
         self.base = trace(model, example_inputs, leaf_modules=leaf_modules)
         self.graph = analyze(self.base)
         self.model = insert_catalysts(self.base, self.graph, c=c, target=target,
-                                      loss_gradient=loss_gradient)
+                                      loss_gradient=loss_gradient, inexact=inexact)
         self.initial_norm = {m.group: m.magnitude(self.model).detach().cpu().numpy()
                              for _, m in catalysts(self.model)}
         self.intermediate: torch.fx.GraphModule | None = None
@@ -217,7 +218,7 @@ class CatalystPruner:
         """Re-insert catalysts on the slim graph with each kept channel's trained D."""
         graph = analyze(slim)
         extended = insert_catalysts(slim, graph, c=1.0, target=self.target,
-                                    loss_gradient=self.loss_gradient)
+                                    loss_gradient=self.loss_gradient, inexact=self.inexact)
         old = {m.group: m for _, m in catalysts(self.model)}
         for _, new in catalysts(extended):
             param, dim = new.sources[0].param, new.sources[0].dim

@@ -46,7 +46,7 @@ def test_extended_tiny_models_equal_the_original(name: str, target: str) -> None
     model, x = build(name)
     gm = fxprune.trace(model, x)
     graph = fxprune.analyze(gm)
-    extended = insert_catalysts(gm, graph, c=1.3, target=target)
+    extended = insert_catalysts(gm, graph, c=1.3, target=target, inexact=True)
     # catalysts are there to be checked: one per prunable group that a layer makes (not the
     # features of a table held as a buffer), or per group with a norm layer
     made = [g for g in graph.prunable if _sites(gm, g)]
@@ -60,8 +60,19 @@ def test_extended_tiny_models_equal_the_original(name: str, target: str) -> None
 def test_bn_target_catalyses_only_groups_with_norm_parameters(name: str) -> None:
     model, x = build(name)
     gm = fxprune.trace(model, x)
-    extended = insert_catalysts(gm, fxprune.analyze(gm), target="bn")
+    extended = insert_catalysts(gm, fxprune.analyze(gm), target="bn", inexact=True)
     assert len(list(catalysts(extended))) == NORM_GROUPS.get(name, 0)
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - NO_PRUNABLE_GROUP))
+def test_only_exact_groups_get_a_catalyst_unless_asked(name: str) -> None:
+    model, x = build(name)
+    gm = fxprune.trace(model, x)
+    graph = fxprune.analyze(gm)
+    made = {g.id for g in graph.prunable if _sites(gm, g)}
+    exact = {g.id for g in graph.prunable if g.exact}
+    assert {m.group for _, m in catalysts(insert_catalysts(gm, graph))} == made & exact
+    assert {m.group for _, m in catalysts(insert_catalysts(gm, graph, inexact=True))} == made
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16"])
@@ -305,7 +316,7 @@ def test_penalty_is_differentiable_and_reaches_every_catalyst() -> None:
 @pytest.mark.parametrize("name", ["residual", "concat", "shuffle", "grouped_conv", "norms", "tokens"])
 def test_penalty_equals_the_sum_over_groups_of_d_times_the_group_norm(name: str) -> None:
     model, x = build(name)
-    gm = CatalystPruner(model, x, c=1.3).model
+    gm = CatalystPruner(model, x, c=1.3, inexact=True).model
     torch.manual_seed(0)
     with torch.no_grad():
         for _, m in catalysts(gm):

@@ -40,7 +40,7 @@ def test_the_convergence_study_resumes_and_traces_every_architecture(tmp_path: P
         graph = fxprune.analyze(fxprune.trace(model, torch.randn(2, 1, 8, 8)))
         assert sum(g.prunable for g in graph.groups) >= 3, name
     command = [sys.executable, str(ROOT / "benchmarks" / "catalyst_convergence.py"), "--archs",
-               "mlp", "--seeds", "0", "--c", "1.2", "--cap", "2", "--out", str(tmp_path)]
+               "mlp", "--seeds", "0", "--c", "1.2", "--cap", "2", "--remedy", "paper", "--out", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = json.loads((tmp_path / "catalyst_convergence.json").read_text())

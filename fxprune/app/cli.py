@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", dest="round_to", type=int, help="keep a multiple of N channels")
     p.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int)
     p.add_argument("--opt1-epochs", dest="opt1_epochs", type=int, help="opt1 budget (default: "
-                   "what 14 / (lr * gamma / (1 - momentum)) optimiser steps take: 78 on digits)")
+                   "what 18 / (lr * gamma / (1 - momentum)) optimiser steps take: 100 on digits)")
     p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
