@@ -289,6 +289,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 "
                         "is as fast, and several runs can share the machine)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--saved", action="store_true",
+                        help="print the tables from the runs already saved; run nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -307,6 +309,8 @@ def main() -> int:
                 for remedy in args.remedy.split(","):
                     want = dict(zip(key, (arch, seed, c0, remedy, args.cap)))
                     r = next((d for d in done if all(d.get(k) == v for k, v in want.items())), None)
+                    if r is None and args.saved:
+                        continue
                     if r is None:
                         if base is None:
                             train, test = digits(seed=seed)
