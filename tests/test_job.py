@@ -294,3 +294,24 @@ def test_an_unconverged_opt1_names_its_groups_and_continues_with_a_larger_budget
     # the continued opt1 started from the weights the first budget ended with
     first = [h for h in report["history"] if h["stage"] == "opt1"]
     assert continued["history"][:len(first) + 2] == report["history"][:len(first) + 2]
+
+
+def test_precise_bn_re_estimates_running_statistics_in_place() -> None:
+    from torch.utils.data import TensorDataset
+
+    from fxprune.app.training import precise_bn
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 4, 4) * 3 + 2
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 1), torch.nn.BatchNorm2d(5)).eval()
+    bn = model[1]
+    bn.running_mean.fill_(100.0)  # stale, as after weights moved under it
+    loader = torch.utils.data.DataLoader(TensorDataset(x, torch.zeros(64)), batch_size=16,
+                                         generator=torch.Generator())  # as the job's
+    state = torch.get_rng_state()
+    precise_bn(model, loader)
+    with torch.no_grad():
+        u = model[0](x)
+    torch.testing.assert_close(bn.running_mean, u.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and bn.momentum == 0.1
+    assert torch.equal(torch.get_rng_state(), state)  # training's random numbers untouched

@@ -231,8 +231,10 @@ class Job:
         self.opt1_epochs = opt1_budget(cfg, len(self.train_loader))
         if resume:
             self._extend_opt1()
-        # in order, so that re-estimating BatchNorm statistics draws no random numbers
-        self.stats_loader = DataLoader(self.data.train, batch_size=cfg.batch_size)
+        # in order, and with its own generator (a loader draws a seed per pass): re-estimating
+        # BatchNorm statistics leaves the training's random numbers as they were
+        self.stats_loader = DataLoader(self.data.train, batch_size=cfg.batch_size,
+                                       generator=torch.Generator())
         self.model: nn.Module | None = None  # the user's model, built by `run`
         self._analysed: tuple[torch.fx.GraphModule, ChannelGraph] | None = None
         self._slim_model: torch.fx.GraphModule | None = None

@@ -56,8 +56,9 @@ def precise_bn(model: nn.Module, loader: DataLoader, *, batches: int = 50,
     whole channels by orders of magnitude within a few epochs; the running averages (momentum
     0.1) then describe weights that no longer exist, and top-1 in eval mode drops by tens of
     points that a re-estimate shows were never lost (benchmarks/catalyst_convergence.py)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
+    # every norm that keeps running statistics (BatchNorm, and InstanceNorm where asked to)
+    norms = [m for m in model.modules()
+             if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")]
     if not norms:
         return
     was_training = model.training
