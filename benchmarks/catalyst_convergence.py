@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import catalyst_digits  # the sibling benchmark: its pre-training recipe
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -191,13 +192,7 @@ ARCHS = {"digitsnet": DigitsNet, "vgg": VGG, "mobilenet": MobileNet, "mlp": MLP,
 
 def pretrain(arch: str, loaders: dict, seed: int, epochs: int = 20) -> nn.Module:
     torch.manual_seed(seed)
-    model = ARCHS[arch]()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    for _ in range(epochs):
-        train_epoch(model, loaders["train"], optimizer)
-        schedule.step()
-    return model.eval()
+    return catalyst_digits.pretrain(loaders, epochs, ARCHS[arch]())
 
 
 # What each variant changes from fxprune's defaults (gamma 0.02, D moved by the regulariser

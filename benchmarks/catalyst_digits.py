@@ -37,8 +37,9 @@ from fxprune.baselines import Scorer, initial_norms
 from fxprune.pruner import CatalystPruner, spearman
 
 
-def pretrain(loaders: dict, epochs: int = 15) -> torch.nn.Module:
-    model = DigitsNet()
+def pretrain(loaders: dict, epochs: int = 15, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """`model` (a new DigitsNet by default) trained on digits: SGD lr 0.05, cosine schedule."""
+    model = DigitsNet() if model is None else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     for _ in range(epochs):

@@ -17,10 +17,9 @@ seeds, README "Catalyst's convergence") found that the loss's gradient on D is n
 D of a kept channel from shrinking below a floor, so its c hovers between 10^-2 and 10^-1 and
 the kappa rule never holds: an MLP did not converge in 150 epochs at c0 = 1.5, and in every
 run slower than 45 epochs the channels left undecided were mostly kept ones, rising back over
--kappa. With D moved
-by the regulariser alone, |D| shrinks at a rate set by ||G||, c's fate is set by how well the
-task loss defends G (which is where the paper's argument puts it), every run converged, and
-the pruning step stayed lossless. Doubling gamma instead halved the time on plain CNNs but
+-kappa. With D moved by the regulariser alone, |D| shrinks at a rate set by ||G||, c's fate is
+set by how well the task loss defends G (which is where the paper's argument puts it), every
+run converged, and the pruning step stayed lossless. Doubling gamma instead halved the time on plain CNNs but
 left the reachable |log10 c|, about log10(1 / lambda), too close to kappa (a MobileNet-style
 net never converged); leaving D out of weight decay changed little.
 
@@ -110,8 +109,9 @@ class Catalyst(nn.Module):
             self.register_buffer(f"src{k}_chan", channels)
 
     def forward(self, out: torch.Tensor, u: torch.Tensor, site: int) -> torch.Tensor:
-        d = self.d if self.loss_gradient else self.d.detach()
-        return _Catalyse.apply(out, u, d, getattr(self, f"site{site}"),
+        if not self.loss_gradient:  # D's gradient comes from the penalty alone: psi is sigma
+            return out
+        return _Catalyse.apply(out, u, self.d, getattr(self, f"site{site}"),
                                self.site_dims[site], self.site_views[site])
 
     def slices(self) -> list[Slice]:
