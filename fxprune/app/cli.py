@@ -142,6 +142,10 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"MACs {report['macs_ratio']:.2f}x fewer, parameters {report['params_ratio']:.2f}x "
               f"fewer; opt1 converged: {report['converged']}, margin "
               f"{report['margin_decades']:.1f} decades")
+        if "latency" in report:
+            lat = report["latency"]
+            print(f"onnxruntime latency at batch {lat['batch']}: {lat['before_ms']:.3g} ms -> "
+                  f"{lat['after_ms']:.3g} ms (target {lat['target_ms']:.3g} ms)")
         print(f"wrote {cfg.out}/report.md, report.json, model.onnx, model.pt2, groups.html")
         if report.get("undecided"):
             epochs = job.opt1_epochs
@@ -211,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kappa", type=float, help="decades of |log10 c| for convergence (default 2)")
     p.add_argument("--target-macs", dest="target_macs", type=float,
                    help="fraction of MACs to keep, e.g. 0.5 (baselines: by ranking)")
+    p.add_argument("--target-latency", dest="target_latency", metavar="R",
+                   help="onnxruntime CPU latency to reach: a fraction of the original's (0.5) "
+                   "or milliseconds (12ms); baselines, channels chosen by score per ms saved")
+    p.add_argument("--latency-batch", dest="latency_batch", type=int,
+                   help="the batch size latency is measured at (default 1)")
     p.add_argument("--round-to", dest="round_to", type=int, help="keep a multiple of N channels")
     p.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int)
     p.add_argument("--opt1-epochs", dest="opt1_epochs", type=int, help="opt1 budget (default: "

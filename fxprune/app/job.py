@@ -40,6 +40,7 @@ from fxprune.baselines import Scorer, initial_norms
 from fxprune.cost import cost
 from fxprune.errors import InputError, TrainingError, first_line
 from fxprune.graph import ChannelGraph
+from fxprune.latency import latency_table, meet_latency, onnxruntime_timer, parse_target
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import strip_catalysts
 from fxprune.passes.slim import prune_channels
@@ -74,6 +75,9 @@ class JobConfig:
     kappa: float = DEFAULT_KAPPA
     strength: float = 2e-3  # the baselines' regulariser weight (group lasso, slimming)
     target_macs: float | None = None  # fraction of the original MACs to keep (baselines)
+    # measured onnxruntime latency to reach: a fraction of the original's ("0.5") or "12ms"
+    target_latency: str | None = None
+    latency_batch: int = 1  # the batch the latency is measured at
     prune_share: float = 0.4  # baselines without a MACs target: share of channels removed
     round_to: int = 1
     pretrain_epochs: int = 15
@@ -209,6 +213,14 @@ class Job:
                  progress: Callable[[str, int, int], Iterator] | None = None) -> None:
         if cfg.method not in METHODS:
             raise InputError(f"unknown method '{cfg.method}': choose one of {', '.join(METHODS)}")
+        if cfg.target_latency is not None:
+            parse_target(cfg.target_latency)  # refuse a bad target before any training
+            if cfg.target_macs is not None:
+                raise InputError("give --target-macs or --target-latency, not both")
+            if cfg.method == "catalyst":
+                raise InputError("--target-latency takes a baseline method (--method l1, "
+                                 "magnitude, group-lasso or slimming) for now; Catalyst meets "
+                                 "--target-macs")
         self.cfg, self.out = cfg, Path(cfg.out)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -596,6 +608,8 @@ class Job:
     def _baseline_removal(self, model: nn.Module, graph: ChannelGraph,
                           scorer: Scorer) -> dict[int, list[int]]:
         cfg = self.cfg
+        if cfg.target_latency is not None:
+            return self._latency_removal(model, graph, scorer)
         if cfg.target_macs is None:
             return scorer.lowest(model, cfg.prune_share, round_to=cfg.round_to)
         full = cost(model, self.example).macs
@@ -608,6 +622,28 @@ class Job:
         # the smallest share that met the target (the most MACs kept under it); 0.95 if none did
         _, share = bracket(probes, cfg.target_macs, 0.0, 0.95)
         return scorer.lowest(model, share, round_to=cfg.round_to)
+
+    def _latency_removal(self, model: nn.Module, graph: ChannelGraph,
+                         scorer: Scorer) -> dict[int, list[int]]:
+        """Channels chosen by score per millisecond saved (`fxprune.latency`), the plan timed
+        until its measured onnxruntime latency meets --target-latency."""
+        cfg = self.cfg
+        model = copy.deepcopy(model).cpu()  # onnxruntime times it on the CPU
+        example = self.example.cpu()
+        timer = onnxruntime_timer(model, example, batch=cfg.latency_batch)
+        table = latency_table(model, example, graph=graph, batch=cfg.latency_batch,
+                              cache=self.out / "latency", timer=timer)
+        kind, value = parse_target(cfg.target_latency)
+        target_ms = value * table.full_ms if kind == "fraction" else value
+        with torch.no_grad():
+            scores = {g: s.cpu().numpy() for g, s in scorer.scores(model).items()}
+        met = meet_latency(table, scores, target_ms, graph,
+                           lambda removed: timer(prune_channels(model, graph, removed), (example,)).ms)
+        self.state.figures["latency"] = {
+            "before_ms": table.full_ms, "after_ms": met.measured_ms, "target_ms": target_ms,
+            "predicted_ms": met.predicted_ms, "backend": table.backend, "device": table.device,
+            "batch": table.batch, "table_error": table.error(), "probes": [list(p) for p in met.probes]}
+        return met.removed
 
     def _finetune(self) -> None:
         slim = self._slim()

@@ -92,6 +92,17 @@ def _fmt(value: object, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def _latency_rows(latency: dict | None) -> list[str]:
+    if latency is None:
+        return []
+    error = latency.get("table_error")
+    return [f"| onnxruntime latency, {latency['device']}, batch {latency['batch']} | "
+            f"{latency['before_ms']:.3g} ms -> {latency['after_ms']:.3g} ms "
+            f"({latency['before_ms'] / latency['after_ms']:.2f}x faster; target "
+            f"{latency['target_ms']:.3g} ms, the table predicted {latency['predicted_ms']:.3g} ms"
+            + (f", {error:.0%} off on held-out plans" if error is not None else "") + ") |"]
+
+
 def write_report(out: Path, report: dict, history: list[dict]) -> None:
     """report.json (everything), report.md (the summary and plots)."""
     data = {k: v for k, v in report.items()
@@ -111,6 +122,7 @@ def write_report(out: Path, report: dict, history: list[dict]) -> None:
         f"({_fmt(report.get('macs_ratio'))}x fewer) |",
         f"| parameters | {_fmt(report.get('params_before'), ',')} -> "
         f"{_fmt(report.get('params_after'), ',')} ({_fmt(report.get('params_ratio'))}x fewer) |",
+        *_latency_rows(report.get("latency")),
         f"| opt1 converged | {report.get('converged')}"
         + (f" ({describe_undecided(report['undecided'])}; continue with `--resume` and a larger "
            "`--opt1-epochs`)" if report.get("undecided") else "") + " |",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,21 +61,33 @@ class DeployReport:
 def ort_latency(path: str | Path, inputs: Sequence[torch.Tensor], *, warmup: int = 3,
                 repeats: int = 20) -> float:
     """Median milliseconds of one onnxruntime run on `inputs` (after `warmup` runs)."""
+    run = ort_session(path, inputs)
+    for _ in range(warmup):
+        run()
+    return statistics.median(run() for _ in range(repeats))
+
+
+def ort_session(path: str | Path, inputs: Sequence[torch.Tensor], *,
+                device: str = "cpu") -> Callable[[], float]:
+    """A function running the file once on `inputs` in onnxruntime (the CPU, or the CUDA
+    execution provider for ``device="cuda"``) and returning the milliseconds it took."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), providers=providers)
     feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
+
+    def run() -> float:
         start = time.perf_counter()
         session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        return (time.perf_counter() - start) * 1000
+
+    return run
 
 
-def _at_batch(inputs: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
+def at_batch(inputs: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
+    """Inputs shaped like `inputs` at `batch`: random floats, integers repeating the example's
+    (token ids stay in the vocabulary)."""
     generator = torch.Generator().manual_seed(batch)
     out = []
     for t in inputs:
@@ -91,7 +103,7 @@ def _figures(model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, n
              batch_sizes: Sequence[int], repeats: int) -> ModelFigures:
     report = export_onnx(model, inputs, folder / f"{name}.onnx")
     measured = cost(model, inputs)
-    latency = {b: ort_latency(report.path, _at_batch(inputs, b), repeats=repeats)
+    latency = {b: ort_latency(report.path, at_batch(inputs, b), repeats=repeats)
                for b in batch_sizes}
     return ModelFigures(params=measured.params, macs=measured.macs,
                         onnx_bytes=report.size_bytes, latency_ms=latency)

@@ -1,0 +1,492 @@
+"""Latency as a pruning target: how a model's measured latency moves with each group's width.
+
+`latency_table` measures it on the deployment backend itself. The model is pruned to a width
+by surgery, as a real plan would be, written with `export_onnx` and timed in onnxruntime:
+warm-up runs, then the median of repeated runs, with their spread. Two things keep the number
+of timed models small:
+- groups whose members have the same shapes and share no node (the blocks of one stage) are
+  timed together, and the saving is split evenly among them, so a ResNet stage costs one curve;
+- each curve is timed at a few widths, all multiples of `step` (the block size of the
+  backend's fast kernels); the saving between two of them is interpolated.
+
+The table predicts a plan's latency as the full model's minus each group's saving timed on
+its own. That sum is not exact: a layer between two pruned groups shrinks in both, and the
+sum counts its saving twice. So the table also times a few random held-out plans and keeps
+predicted beside measured (`LatencyTable.checks`).
+
+`plan_latency` chooses channels for a latency. It is greedy over the table: it removes the
+channels that cost the least score per millisecond saved, and only to widths that are
+multiples of `step`. `meet_latency` then times the plan itself and moves the table's target
+until the measured latency meets the real one.
+
+The table is cached in a JSON file. The key covers the model (its graph and shapes), the
+backend, device, batch, grid and library versions. The file is rewritten after every timed
+model, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxprune import atomic
+from fxprune.errors import InputError, as_input_tuple
+from fxprune.graph import ChannelGraph, ChannelGroup
+from fxprune.passes.analyze import analyze
+from fxprune.passes.slim import prune_channels
+from fxprune.target import best_index, next_probe
+from fxprune.trace import trace
+
+log = logging.getLogger(__name__)
+BACKENDS = ("onnxruntime",)
+CACHE_FORMAT = 2  # part of the cache key: a change in how models are timed starts afresh
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed model: the median milliseconds of a run, and the spread of the runs
+    (interquartile range over the median: 0.02 means the middle half lies within 2%)."""
+
+    ms: float
+    spread: float
+
+
+Timer = Callable[[nn.Module, tuple[torch.Tensor, ...]], Timing]
+
+
+def onnxruntime_timer(reference: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                      *, batch: int = 1, device: str = "cpu", warmup: int = 3,
+                      repeats: int = 10) -> Timer:
+    """Time models as they are deployed, against `reference` (the unpruned model): each is
+    written with `export_onnx` (legacy exporter, parity checked) and run in onnxruntime on
+    random inputs at `batch`, its runs alternating with the reference's. A model's time is
+    the reference's (timed once, at the start) times the median ratio of paired runs, so a
+    machine that slows down for a while slows both sides of every pair alike."""
+    from fxprune.export.deploy import at_batch, ort_session
+    from fxprune.export.onnx import export_onnx
+
+    folder = tempfile.TemporaryDirectory(prefix="fxprune-latency-")
+    feed = at_batch(as_input_tuple(example_inputs), batch)
+
+    def session(model: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Callable[[], float]:
+        path = Path(folder.name) / f"{name}.onnx"
+        export_onnx(model, inputs, path, exporter="legacy")
+        return ort_session(path, feed, device=device)
+
+    run_reference = session(reference, as_input_tuple(example_inputs), "reference")
+    for _ in range(warmup):
+        run_reference()
+    base = statistics.median(run_reference() for _ in range(2 * repeats))
+
+    def timer(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Timing:
+        run = session(model, inputs, "candidate")
+        for _ in range(warmup):
+            run()
+            run_reference()
+        ratios = sorted(run() / run_reference() for _ in range(repeats))
+        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        return Timing(base * median, (q3 - q1) / median)
+
+    timer.folder = folder  # removed with the timer
+    return timer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Curve:
+    """What removing a share r of one group's channels saves on its own: ``a * r``
+    milliseconds, `a` fitted for its `kind` (the groups whose members have equal shapes)."""
+
+    group: int
+    channels: int
+    kind: int
+    a: float
+    least: int  # the fewest channels the group can keep (one per member that holds a share)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pair:
+    """Two groups meeting in a layer (one's channels in, the other's out): removing shares
+    r and s saves ``c * r * s`` more (c < 0: the layer's saving is not counted twice)."""
+
+    groups: tuple[int, int]
+    kind: tuple[int, int]
+    c: float
+
+
+@dataclass(frozen=True)
+class Check:
+    """A held-out plan: its widths, the table's prediction and the measured latency."""
+
+    widths: dict[int, int]
+    predicted_ms: float
+    measured_ms: float
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured: negative where the table promises too much."""
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyTable:
+    """Measured latency of a model as its groups' widths change (see the module docstring)."""
+
+    key: str
+    backend: str
+    device: str
+    batch: int
+    step: int
+    full_ms: float
+    spread: float  # of the paired runs of the full model
+    curves: dict[int, Curve]
+    pairs: tuple[Pair, ...]
+    checks: tuple[Check, ...]
+    timed: int  # models timed to build the table
+
+    def widths(self, group: int) -> list[int]:
+        """The widths a plan may give `group`: multiples of `step` (every width for a group
+        of at most `step` channels) from its least, and its full width."""
+        curve = self.curves[group]
+        step = self.step if curve.channels > self.step else 1
+        start = max(step, -(-curve.least // step) * step)
+        return [*range(start, curve.channels, step), curve.channels]
+
+    def predict(self, widths: Mapping[int, int]) -> float:
+        """Predicted milliseconds with each group at its width (the rest at full width)."""
+        r = {g: 1 - w / self.curves[g].channels for g, w in widths.items()}
+        return (self.full_ms - sum(self.curves[g].a * x for g, x in r.items())
+                - sum(p.c * r.get(p.groups[0], 0.0) * r.get(p.groups[1], 0.0) for p in self.pairs))
+
+    def error(self) -> float | None:
+        """Mean absolute relative error of the prediction on the held-out plans."""
+        if not self.checks:
+            return None
+        return float(np.mean([abs(c.error) for c in self.checks]))
+
+    def to_plain(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        lines = [f"latency table: {self.backend} on {self.device}, batch {self.batch}: full "
+                 f"model {self.full_ms:.3g} ms (spread {self.spread:.1%}), {len(self.curves)} "
+                 f"groups, {self.timed} models timed",
+                 "", "| groups | channels | ms saved on its own at 1/4, 1/2, 3/4 removed |",
+                 "|---|---:|---|"]
+        kinds: dict[int, list[Curve]] = {}
+        for curve in self.curves.values():
+            kinds.setdefault(curve.kind, []).append(curve)
+        for curves in kinds.values():
+            saved = ", ".join(f"{curves[0].a * r:.3g}" for r in (0.25, 0.5, 0.75))
+            names = ", ".join(str(c.group) for c in curves)
+            lines.append(f"| {names} | {curves[0].channels} | {saved} |")
+        if self.checks:
+            lines += ["", f"held-out plans: mean |predicted - measured| / measured = "
+                      f"{self.error():.1%} over {len(self.checks)}"]
+        return "\n".join(lines)
+
+
+def latency_table(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    graph: ChannelGraph | None = None,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    batch: int = 1,
+    step: int = 8,
+    samples: int | None = None,
+    checks: int = 4,
+    repeats: int = 10,
+    cache: str | os.PathLike[str] | bool = True,
+    timer: Timer | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> LatencyTable:
+    """Time `model` as its prunable groups' widths change (see the module docstring).
+
+    `samples` random plans (by default 8 more than twice the coefficients) fit the curves;
+    `checks` more, held out, say how well they predict. Widths are multiples of `step`.
+    `timer` replaces the backend (tests pass a deterministic one). `cache`: a folder, True
+    for ``$XDG_CACHE_HOME/fxprune/latency`` (``~/.cache`` by default), or False. `progress`
+    is called with (models timed, models to time) after each.
+    """
+    if timer is None and backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r} "
+                         "(or pass timer= to time the models yourself)")
+    if batch < 1 or step < 1:
+        raise InputError(f"batch and step must be at least 1, got {batch} and {step}")
+    inputs = as_input_tuple(example_inputs)
+    gm = model if isinstance(model, torch.fx.GraphModule) else trace(model, inputs)
+    graph = analyze(gm) if graph is None else graph
+    kinds = _kinds(gm, graph)
+    pairs = _pairs(graph, kinds)
+    samples = samples if samples is not None else 2 * (len(set(kinds.values()))
+                                                        + len({p.kind for p in pairs})) + 8
+    key = _key(gm, inputs, backend, device, batch, step, samples, checks, seed)
+    store = _Store(_cache_file(cache, key), key)
+    if timer is None:
+        timer = onnxruntime_timer(gm, inputs, batch=batch, device=device, repeats=repeats)
+    total, done = 1 + samples + checks, 0
+
+    def timed(name: str, widths: Mapping[int, int]) -> Timing:
+        nonlocal done
+        timing = store.get(name)
+        if timing is None:
+            slim = prune_channels(gm, graph, _removal(graph, widths))
+            timing = timer(slim, inputs)
+            store.put(name, timing)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return timing
+
+    full = timed("full", {})
+    shape = LatencyTable(
+        key=key, backend=backend, device=device, batch=batch, step=step, full_ms=full.ms,
+        spread=full.spread, checks=(), timed=total, pairs=pairs,
+        curves={g.id: Curve(group=g.id, channels=g.channels, kind=kinds[g.id], a=0.0,
+                            least=_least(g)) for g in graph.prunable})
+    rng = np.random.default_rng(seed)
+    plans = [{g: int(rng.choice(shape.widths(g))) for g in shape.curves}
+             for _ in range(samples + checks)]
+    measured = [timed(f"plan{i}", w).ms for i, w in enumerate(plans)]
+    table = _fit(shape, plans[:samples], measured[:samples])
+    held_out = tuple(Check(w, table.predict(w), m)
+                     for w, m in zip(plans[samples:], measured[samples:]))
+    return replace(table, checks=held_out)
+
+
+def _fit(table: LatencyTable, plans: Sequence[Mapping[int, int]],
+         measured: Sequence[float]) -> LatencyTable:
+    """Least squares over the plans: the milliseconds each saved against, per kind, the sum
+    of its groups' removed shares, and per kind of pair the sum of their products (a small
+    ridge keeps a kind no plan moved at 0)."""
+    singles = sorted({c.kind for c in table.curves.values()})
+    doubles = sorted({p.kind for p in table.pairs})
+    column = {k: i for i, k in enumerate([*singles, *doubles])}
+    x = np.zeros((len(plans), len(column)))
+    for row, widths in enumerate(plans):
+        r = {g: 1 - w / table.curves[g].channels for g, w in widths.items()}
+        for g, share in r.items():
+            x[row, column[table.curves[g].kind]] += share
+        for p in table.pairs:
+            x[row, column[p.kind]] += r.get(p.groups[0], 0.0) * r.get(p.groups[1], 0.0)
+    y = table.full_ms - np.asarray(measured)
+    ridge = 1e-6 * max(float(np.mean(x * x)), 1e-12) * len(plans)
+    coef = np.linalg.solve(x.T @ x + ridge * np.eye(len(column)), x.T @ y)
+    return replace(
+        table,
+        curves={g: replace(c, a=float(coef[column[c.kind]])) for g, c in table.curves.items()},
+        pairs=tuple(replace(p, c=float(coef[column[p.kind]])) for p in table.pairs))
+
+
+def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_ms: float,
+                 graph: ChannelGraph) -> dict[int, list[int]]:
+    """The channels to remove so the table predicts at most `target_ms`: greedy, each step
+    narrowing the group whose next width costs the least score per millisecond it saves
+    (looking past widths that save nothing), channels removed in ascending score order.
+    Stops where no width saves more (the target may then be out of reach)."""
+    groups = [g for g in scores if g in table.curves]
+    order, prefix, options, width = {}, {}, {}, {}
+    for g in groups:
+        s = np.asarray(scores[g], dtype=np.float64)
+        keep = _keep(graph[g], s)
+        order[g] = [c for c in np.argsort(s, kind="stable") if c not in keep]
+        prefix[g] = np.concatenate([[0.0], np.cumsum(s[order[g]])])
+        options[g] = table.widths(g)[:-1]
+        width[g] = graph[g].channels
+    neighbours: dict[int, list[tuple[int, float]]] = {g: [] for g in table.curves}
+    for p in table.pairs:
+        a, b = p.groups
+        neighbours[a].append((b, p.c))
+        neighbours[b].append((a, p.c))
+    share = dict.fromkeys(table.curves, 0.0)
+    predicted = table.full_ms
+    while predicted > target_ms:
+        best = None
+        for g in groups:
+            curve = table.curves[g]
+            rate = curve.a + sum(c * share[h] for h, c in neighbours[g])  # ms per share removed
+            spent = prefix[g][curve.channels - width[g]]
+            for w in options[g]:
+                if w >= width[g]:
+                    break
+                gain = rate * (1 - w / curve.channels - share[g])
+                if gain <= 0:
+                    continue
+                ratio = (prefix[g][curve.channels - w] - spent) / gain
+                if best is None or ratio < best[0]:
+                    best = (ratio, g, w, gain)
+        if best is None:
+            break
+        _, g, w, gain = best
+        width[g], share[g], predicted = w, 1 - w / graph[g].channels, predicted - gain
+    return {g: sorted(int(c) for c in order[g][:graph[g].channels - width[g]])
+            for g in groups if width[g] < graph[g].channels}
+
+
+@dataclass(frozen=True)
+class Met:
+    """What `meet_latency` chose: the removal, its measured and predicted latency, and every
+    (table target, measured) probe it made."""
+
+    removed: dict[int, list[int]]
+    measured_ms: float
+    predicted_ms: float
+    probes: tuple[tuple[float, float], ...]
+
+
+def meet_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_ms: float,
+                 graph: ChannelGraph, measure: Callable[[dict[int, list[int]]], float], *,
+                 steps: int = 6, tolerance: float = 0.03) -> Met:
+    """`plan_latency` at a table target moved by bisection until the measured latency
+    (`measure` of a removal, in ms) is at most `target_ms` and within `tolerance` of it, or
+    `steps` plans were timed; the plan kept is the closest at or under the target, else the
+    closest. The first probe trusts the table (table target = `target_ms`)."""
+    probes: list[tuple[float, float]] = []
+    plans = []
+    hi = table.full_ms
+    while len(probes) < steps:
+        x = target_ms if not probes else next_probe(probes, target_ms, 0.0, hi, rising=True)
+        removed = plan_latency(table, scores, x, graph)
+        measured = measure(removed)
+        probes.append((x, measured))
+        plans.append(removed)
+        if target_ms * (1 - tolerance) <= measured <= target_ms:
+            break
+    i = best_index(probes, target_ms)
+    widths = {g: graph[g].channels - len(c) for g, c in plans[i].items()}
+    return Met(plans[i], probes[i][1], table.predict(widths), tuple(probes))
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``"0.5"`` -> ("fraction", 0.5) of the original latency; ``"12ms"`` -> ("ms", 12.0)."""
+    value = text.strip().lower()
+    try:
+        if value.endswith("ms"):
+            ms = float(value[:-2])
+            if ms > 0:
+                return "ms", ms
+        else:
+            fraction = float(value)
+            if 0 < fraction < 1:
+                return "fraction", fraction
+    except ValueError:
+        pass
+    raise InputError(f"a latency target is a fraction of the original latency in (0, 1) "
+                     f"(0.5) or milliseconds (12ms), got {text!r}")
+
+
+# --- the pieces ------------------------------------------------------------------------------
+
+
+def _keep(group: ChannelGroup, scores: np.ndarray | None = None) -> set[int]:
+    """Channels a plan keeps whatever it removes: in every member holding only some of the
+    group's channels (a concatenated piece, a slice), its best-scored one (its first without
+    scores), so no piece is emptied."""
+    keep = set()
+    for m in group.members:
+        if m.channels and len(set(m.channels)) < group.channels:
+            keep.add(m.channels[0] if scores is None else max(m.channels, key=lambda c: scores[c]))
+    return keep
+
+
+def _least(group: ChannelGroup) -> int:
+    return max(1, len(_keep(group)))
+
+
+def _removal(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
+    """A removal leaving each group at its width: the highest channels go first, sparing those
+    `_keep` holds."""
+    out = {}
+    for g, w in widths.items():
+        group = graph[g]
+        if w >= group.channels:
+            continue
+        keep = _keep(group)
+        free = [c for c in range(group.channels - 1, -1, -1) if c not in keep]
+        out[g] = sorted(free[:group.channels - w])
+    return out
+
+
+def _kinds(gm: torch.fx.GraphModule, graph: ChannelGraph) -> dict[int, int]:
+    """Per prunable group, its kind: groups with members of equal shapes (the blocks of one
+    stage) share their curve's coefficients."""
+    shapes = {n.name: tuple(getattr(n.meta.get("tensor_meta"), "shape", ()) or ())
+              for n in gm.graph.nodes}
+    seen: dict[tuple, int] = {}
+    out = {}
+    for g in graph.prunable:
+        signature = (g.channels, tuple(sorted(
+            (graph.node_ops.get(m.node, ""), (m.param or "").rsplit(".", 1)[-1], m.dim,
+             m.length, len(m.positions), m.role, shapes.get(m.node, ())) for m in g.members)))
+        out[g.id] = seen.setdefault(signature, len(seen))
+    return out
+
+
+def _pairs(graph: ChannelGraph, kinds: Mapping[int, int]) -> tuple[Pair, ...]:
+    """Prunable groups that meet in a node (a layer reading one and making the other)."""
+    by_node: dict[str, list[int]] = {}
+    for g in graph.prunable:
+        for node in g.nodes:
+            by_node.setdefault(node, []).append(g.id)
+    met = sorted({(a, b) for ids in by_node.values() for a in ids for b in ids if a < b})
+    return tuple(Pair(groups=(a, b), kind=tuple(sorted((kinds[a], kinds[b]))), c=0.0)
+                 for a, b in met)
+
+
+def _key(gm: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], *settings: object) -> str:
+    import onnxruntime
+
+    import fxprune
+
+    h = hashlib.sha256(gm.code.encode())
+    for name, p in (*gm.named_parameters(), *gm.named_buffers()):
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+    h.update(repr([(tuple(t.shape), t.dtype) for t in inputs]).encode())
+    h.update(repr((CACHE_FORMAT, settings, torch.__version__, onnxruntime.__version__,
+                   fxprune.__version__)).encode())
+    return h.hexdigest()[:20]
+
+
+def _cache_file(cache: str | os.PathLike[str] | bool, key: str) -> Path | None:
+    if cache is False:
+        return None
+    if cache is True:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        cache = root / "fxprune" / "latency"
+    return Path(cache) / f"{key}.json"
+
+
+class _Store:
+    """Timings by name, read from and written back to the cache file after each."""
+
+    def __init__(self, path: Path | None, key: str) -> None:
+        self.path, self.key, self.timings = path, key, {}
+        if path is not None and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                if saved.get("key") == key:
+                    self.timings = {k: Timing(*v) for k, v in saved["timings"].items()}
+            except (OSError, ValueError, TypeError, KeyError):
+                log.warning("ignoring the unreadable latency cache %s", path)
+
+    def get(self, name: str) -> Timing | None:
+        return self.timings.get(name)
+
+    def put(self, name: str, timing: Timing) -> None:
+        self.timings[name] = timing
+        if self.path is not None:
+            plain = {k: [t.ms, t.spread] for k, t in self.timings.items()}
+            atomic.write_text(self.path, json.dumps({"key": self.key, "timings": plain}))
