@@ -10,6 +10,7 @@ The pipeline, in the order data flows through it:
     slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
     ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
     fxprune.cost(slim, example_inputs)          # MACs, FLOPs, parameters
+    fxprune.latency_table(gm, example_inputs)   # measured onnxruntime latency per group width
     fxprune.save(slim, example_inputs, "slim.pt2"); fxprune.load("slim.pt2")
     fxprune.export_onnx(slim, example_inputs, "slim.onnx")  # verified in onnxruntime (export/)
 """
@@ -28,6 +29,7 @@ from fxprune.errors import (
 from fxprune.export.deploy import deploy_report
 from fxprune.export.onnx import ExportReport, export_onnx
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
+from fxprune.latency import LatencyTable, latency_table
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import catalyst_penalty, insert_catalysts
 from fxprune.passes.slim import prune_channels
@@ -47,6 +49,7 @@ __all__ = [
     "ExportReport",
     "FxPruneError",
     "InputError",
+    "LatencyTable",
     "Member",
     "PruneError",
     "SurgeryError",
@@ -58,6 +61,7 @@ __all__ = [
     "deploy_report",
     "export_onnx",
     "insert_catalysts",
+    "latency_table",
     "load",
     "prune_channels",
     "save",

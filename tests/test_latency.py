@@ -120,6 +120,14 @@ def test_the_table_is_cached_and_a_killed_build_resumes(digits, tmp_path: Path) 
     assert again == _table(digits)
 
 
+@pytest.mark.parametrize(("capability", "device", "step"),
+                         [("AVX512", "cpu", 16), ("AVX2", "cpu", 8), ("AVX512", "cuda", 8)])
+def test_the_step_follows_the_fast_kernels_block(capability: str, device: str, step: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert fxprune.latency.preferred_step(device) == step
+
+
 @pytest.mark.parametrize(("text", "parsed"), [("0.5", ("fraction", 0.5)), ("12ms", ("ms", 12.0)),
                                                (" 3.5 MS", ("ms", 3.5))])
 def test_latency_targets_read_as_a_fraction_or_milliseconds(text: str, parsed: tuple) -> None:
@@ -141,6 +149,7 @@ def test_an_unknown_backend_is_refused(digits) -> None:
 def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fxprune.app.job.onnxruntime_timer", lambda *a, **kw: params_timer)
+    monkeypatch.setattr("fxprune.latency.preferred_step", lambda device: STEP)  # not the CPU's
     cfg = JobConfig(method="magnitude", target_latency="0.6", pretrain_epochs=1,
                     finetune_epochs=0, out=str(tmp_path))
     report = Job(cfg).run()
