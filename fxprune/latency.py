@@ -382,6 +382,19 @@ def meet_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     return Met(plans[i], probes[i][1], table.predict(widths), tuple(probes))
 
 
+def latency_c(table: LatencyTable, c0: float, *, spread: float = 4.0) -> dict[int, float]:
+    """Catalyst's c0 per group for a latency target: ``c0 - 1`` scaled by the milliseconds a
+    channel of the group saves on its own against the average channel's (clipped to
+    [1/spread, spread]), so the groups whose channels cost more start further toward
+    pruning. The calibration then chooses c0 as it does for a MACs target."""
+    rate = {g: max(curve.a, 0.0) / curve.channels for g, curve in table.curves.items()}
+    channels = sum(curve.channels for curve in table.curves.values())
+    mean = sum(max(curve.a, 0.0) for curve in table.curves.values()) / max(channels, 1)
+    if mean <= 0:
+        return dict.fromkeys(table.curves, c0)
+    return {g: 1 + (c0 - 1) * float(np.clip(r / mean, 1 / spread, spread)) for g, r in rate.items()}
+
+
 def parse_target(text: str) -> tuple[str, float]:
     """``"0.5"`` -> ("fraction", 0.5) of the original latency; ``"12ms"`` -> ("ms", 12.0)."""
     value = text.strip().lower()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +94,7 @@ class CatalystPruner:
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence[torch.Tensor],
         *,
-        c: float = DEFAULT_C,
+        c: float | Mapping[int, float] = DEFAULT_C,
         target: str = "group",
         gamma: float = DEFAULT_GAMMA,
         kappa: float = DEFAULT_KAPPA,
@@ -155,7 +155,8 @@ class CatalystPruner:
                 found.append(f"the weight decay step lr*weight_decay/(1-momentum) = {alpha:.3g} "
                              "is at least 1: training diverges; lower lr or weight_decay")
                 continue
-            bound = min((1 - alpha) / self.c, (1 - alpha) * self.c)
+            cs = list(self.c.values()) if isinstance(self.c, Mapping) else [self.c]
+            bound = min(min((1 - alpha) / c, (1 - alpha) * c) for c in cs)
             if step > 0.05 * bound:
                 found.append(f"the effective step lr*gamma/(1-momentum) = {step:.3g} is not small "
                              f"against {bound:.3g} (the learning-rate condition): decisions may "

@@ -212,11 +212,11 @@ def test_catalyst_meets_a_macs_target_by_choosing_c(tmp_path: Path) -> None:
     assert len(probes) == 4 and probes[0]["c"] == 1.2
     # bisection: a probe that pruned too little raises c0, one that pruned enough lowers it
     for before, after in zip(probes, probes[1:]):
-        assert (after["c"] > before["c"]) == (before["macs_fraction"] > 0.5)
-    under = [p for p in probes if p["macs_fraction"] <= 0.5]
-    chosen = min(under or probes, key=lambda p: abs(p["macs_fraction"] - 0.5))
+        assert (after["c"] > before["c"]) == (before["fraction"] > 0.5)
+    under = [p for p in probes if p["fraction"] <= 0.5]
+    chosen = min(under or probes, key=lambda p: abs(p["fraction"] - 0.5))
     assert report["chosen_c"] == chosen["c"]
-    assert report["macs_after"] / report["macs_before"] == pytest.approx(chosen["macs_fraction"])
+    assert report["macs_after"] / report["macs_before"] == pytest.approx(chosen["fraction"])
 
 
 CALIBRATED = {"pretrain_epochs": 1, "opt1_epochs": 2, "finetune_epochs": 1, "target_macs": 0.5}

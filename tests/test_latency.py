@@ -161,6 +161,30 @@ def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
     assert any((tmp_path / "latency").iterdir())  # the table's cache, for a resumed job
 
 
-def test_catalyst_refuses_a_latency_target_before_training(tmp_path: Path) -> None:
-    with pytest.raises(fxprune.InputError, match="baseline method"):
-        Job(JobConfig(target_latency="0.5", out=str(tmp_path)))
+def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fxprune.app.job.onnxruntime_timer", lambda *a, **kw: params_timer)
+    cfg = JobConfig(target_latency="0.5", pretrain_epochs=2, opt1_epochs=4, finetune_epochs=0,
+                    out=str(tmp_path))
+    report = Job(cfg).run()
+    probes = report["calibration"]
+    assert len(probes) == 4 and report["target_latency"] == pytest.approx(0.5)
+    for before, after in zip(probes, probes[1:]):  # bisection on c0
+        assert (after["c"] > before["c"]) == (before["fraction"] > 0.5)
+    chosen = next(p for p in probes if p["c"] == report["chosen_c"])
+    latency = report["latency"]
+    assert latency["after_ms"] == pytest.approx(chosen["fraction"] * latency["before_ms"])
+    # the model the job wrote runs at the latency the calibration measured
+    slim = fxprune.load(tmp_path / "model.pt2")
+    assert params_timer(slim, ()).ms == pytest.approx(latency["after_ms"])
+    assert latency["after_ms"] < latency["before_ms"]
+
+
+def test_groups_whose_channels_cost_more_start_further_toward_pruning(digits) -> None:
+    table = _table(digits)
+    c = fxprune.latency.latency_c(table, 1.2)
+    per_channel = {g: curve.a / curve.channels for g, curve in table.curves.items()}
+    ranked = sorted(per_channel, key=per_channel.get)
+    assert [c[g] for g in ranked] == sorted(c.values())
+    assert all(1.05 - 1e-9 <= v <= 1.8 + 1e-9 for v in c.values())  # c0 - 1 scaled within 4x
+    assert fxprune.latency.latency_c(table, 1.0) == dict.fromkeys(table.curves, 1.0)

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +40,15 @@ from fxprune.baselines import Scorer, initial_norms
 from fxprune.cost import cost
 from fxprune.errors import InputError, TrainingError, first_line
 from fxprune.graph import ChannelGraph
-from fxprune.latency import latency_table, meet_latency, onnxruntime_timer, parse_target
+from fxprune.latency import (
+    LatencyTable,
+    Timer,
+    latency_c,
+    latency_table,
+    meet_latency,
+    onnxruntime_timer,
+    parse_target,
+)
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import strip_catalysts
 from fxprune.passes.slim import prune_channels
@@ -95,19 +103,22 @@ class JobConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CalibrationProbe:
-    """One complete opt1 run of the calibration: its c0 and the MACs its decisions keep."""
+    """One complete opt1 run of the calibration: its c0 and the fraction of the MACs (or of
+    the measured latency) its decisions keep."""
 
     c: float
-    macs_fraction: float
+    fraction: float
     converged: bool
 
 
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
-    """Catalyst meeting --target-macs by choosing c0 (the sparsity knob): the runs made so far.
-    The next c0 depends on them alone, so a resumed job continues the search where it stopped."""
+    """Catalyst meeting --target-macs or --target-latency by choosing c0 (the sparsity knob):
+    the runs made so far. The next c0 depends on them alone, so a resumed job continues the
+    search where it stopped."""
 
-    target: float
+    target: float  # the fraction of `quantity` to keep
+    quantity: str = "macs"  # or "latency"
     probes: tuple[CalibrationProbe, ...] = ()
 
     @property
@@ -115,7 +126,7 @@ class Calibration:
         return len(self.probes) >= CALIBRATION_PROBES
 
     def next_c(self) -> float:
-        """The default first, then bisection in [1, 2]: the MACs kept fall as c0 grows."""
+        """The default first, then bisection in [1, 2]: what is kept falls as c0 grows."""
         return next_probe(self._points(), self.target, 1.0, 2.0) if self.probes else DEFAULT_C
 
     def best(self) -> CalibrationProbe:
@@ -123,18 +134,19 @@ class Calibration:
         return self.probes[best_index(self._points(), self.target)]
 
     def _points(self) -> list[tuple[float, float]]:
-        return [(p.c, p.macs_fraction) for p in self.probes]
+        return [(p.c, p.fraction) for p in self.probes]
 
     def figures(self) -> dict[str, object]:
         out: dict[str, object] = {"calibration": [asdict(p) for p in self.probes]}
         if self.done:
             best = self.best()
-            out.update(target_macs=self.target, chosen_c=best.c, target_macs_reached=best.macs_fraction)
+            out.update({"chosen_c": best.c, f"target_{self.quantity}": self.target,
+                        f"target_{self.quantity}_reached": best.fraction})
         return out
 
     @classmethod
     def from_plain(cls, saved: dict) -> Calibration:
-        return cls(target=saved["target"],
+        return cls(target=saved["target"], quantity=saved["quantity"],
                    probes=tuple(CalibrationProbe(**p) for p in saved["probes"]))
 
 
@@ -217,10 +229,6 @@ class Job:
             parse_target(cfg.target_latency)  # refuse a bad target before any training
             if cfg.target_macs is not None:
                 raise InputError("give --target-macs or --target-latency, not both")
-            if cfg.method == "catalyst":
-                raise InputError("--target-latency takes a baseline method (--method l1, "
-                                 "magnitude, group-lasso or slimming) for now; Catalyst meets "
-                                 "--target-macs")
         self.cfg, self.out = cfg, Path(cfg.out)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -473,7 +481,7 @@ class Job:
         gm, graph = self._analysed_model()
         if cfg.method != "catalyst":
             self.state.opt1_done = self._regularise(gm, graph)
-        elif cfg.target_macs is None:
+        elif cfg.target_macs is None and cfg.target_latency is None:
             pruner = self._catalyst_opt1(gm, cfg.c)
             converged = pruner.converged()
             self.state.opt1_done = {"model": pruner.model.state_dict(), "converged": converged,
@@ -483,10 +491,13 @@ class Job:
         else:
             self._calibrate(gm, graph)
 
-    def _catalyst_opt1(self, gm: torch.fx.GraphModule, c: float) -> CatalystPruner:
-        """opt1 at c0 = `c` until converged or the budget."""
+    def _catalyst_opt1(self, gm: torch.fx.GraphModule, c: float,
+                       per_group: Mapping[int, float] | None = None) -> CatalystPruner:
+        """opt1 at c0 = `c` (or `per_group`'s c0, derived from it) until converged or the
+        budget."""
         cfg = self.cfg
-        pruner = CatalystPruner(gm, self.example, c=c, gamma=cfg.gamma, kappa=cfg.kappa)
+        pruner = CatalystPruner(gm, self.example, c=c if per_group is None else per_group,
+                                gamma=cfg.gamma, kappa=cfg.kappa)
         optimizer = pruner.sgd(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
         def watch(loss: float) -> tuple[Row, bool]:
@@ -500,24 +511,42 @@ class Job:
 
     def _calibrate(self, gm: torch.fx.GraphModule, graph: ChannelGraph) -> None:
         """Complete opt1 runs at the c0 the calibration asks for; the run closest to the target
-        is kept for pruning. Each finished run is checkpointed, so a resumed job skips it."""
+        is kept for pruning. Each finished run is checkpointed, so a resumed job skips it.
+        For a latency target each group's c0 grows with the milliseconds its channels cost
+        (`fxprune.latency.latency_c`), and each run's plan is timed."""
         cfg = self.cfg
+        if cfg.target_latency is not None:
+            timer, table, target_ms = self._latency_setup(gm, graph)
+            target, quantity = target_ms / table.full_ms, "latency"
+
+            def kept(slim: torch.fx.GraphModule) -> float:
+                return timer(copy.deepcopy(slim).cpu(), (self.example.cpu(),)).ms / table.full_ms
+        else:
+            full = cost(gm, self.example).macs
+            target, quantity = cfg.target_macs, "macs"
+
+            def kept(slim: torch.fx.GraphModule) -> float:
+                return cost(slim, self.example).macs / full
         if self.state.calibration is None:
-            self.state.calibration = Calibration(target=cfg.target_macs)
-        full = cost(gm, self.example).macs
+            self.state.calibration = Calibration(target=target, quantity=quantity)
         while not self.state.calibration.done:
             c = self.state.calibration.next_c()
-            pruner = self._catalyst_opt1(gm, c)
+            per_group = latency_c(table, c) if quantity == "latency" else None
+            pruner = self._catalyst_opt1(gm, c, per_group)
             converged = pruner.converged()
-            slim = prune_channels(strip_catalysts(pruner.model), graph,
-                                  pruner.decisions(round_to=cfg.round_to))
-            probe = CalibrationProbe(c=c, macs_fraction=cost(slim, self.example).macs / full,
-                                     converged=converged)
+            removed = pruner.decisions(round_to=cfg.round_to)
+            slim = prune_channels(strip_catalysts(pruner.model), graph, removed)
+            probe = CalibrationProbe(c=c, fraction=kept(slim), converged=converged)
             calibration = replace(self.state.calibration,
                                   probes=(*self.state.calibration.probes, probe))
             if calibration.best() is probe:
                 self.state.opt1_done = {"model": pruner.model.state_dict(),
                                         "converged": converged, "c": c}
+                if per_group is not None:
+                    self.state.opt1_done["c_groups"] = per_group
+                    widths = {g: graph[g].channels - len(v) for g, v in removed.items()}
+                    self._report_latency(table, target_ms, probe.fraction * table.full_ms,
+                                         table.predict(widths), [])
             self.state.calibration = calibration
             self._fresh_loop()
             self.state.model = {}  # the best run's weights are in opt1_done
@@ -555,7 +584,8 @@ class Job:
 
     def _catalyst_decision(self, gm: torch.fx.GraphModule) -> tuple[Decision, torch.fx.GraphModule]:
         cfg, done = self.cfg, self.state.opt1_done
-        pruner = CatalystPruner(gm, self.example, c=done.get("c", cfg.c), gamma=cfg.gamma,
+        pruner = CatalystPruner(gm, self.example, c=done.get("c_groups", done.get("c", cfg.c)),
+                                gamma=cfg.gamma,
                                 kappa=cfg.kappa)
         if done:
             pruner.model.load_state_dict(done["model"])
@@ -623,10 +653,10 @@ class Job:
         _, share = bracket(probes, cfg.target_macs, 0.0, 0.95)
         return scorer.lowest(model, share, round_to=cfg.round_to)
 
-    def _latency_removal(self, model: nn.Module, graph: ChannelGraph,
-                         scorer: Scorer) -> dict[int, list[int]]:
-        """Channels chosen by score per millisecond saved (`fxprune.latency`), the plan timed
-        until its measured onnxruntime latency meets --target-latency."""
+    def _latency_setup(self, model: nn.Module,
+                       graph: ChannelGraph) -> tuple[Timer, LatencyTable, float]:
+        """The onnxruntime timer, the model's latency table (cached in OUT/latency, so a
+        resumed job does not time it again) and the target in milliseconds."""
         cfg = self.cfg
         model = copy.deepcopy(model).cpu()  # onnxruntime times it on the CPU
         example = self.example.cpu()
@@ -634,15 +664,26 @@ class Job:
         table = latency_table(model, example, graph=graph, batch=cfg.latency_batch,
                               cache=self.out / "latency", timer=timer)
         kind, value = parse_target(cfg.target_latency)
-        target_ms = value * table.full_ms if kind == "fraction" else value
-        with torch.no_grad():
-            scores = {g: s.cpu().numpy() for g, s in scorer.scores(model).items()}
-        met = meet_latency(table, scores, target_ms, graph,
-                           lambda removed: timer(prune_channels(model, graph, removed), (example,)).ms)
+        return timer, table, value * table.full_ms if kind == "fraction" else value
+
+    def _report_latency(self, table: LatencyTable, target_ms: float, measured_ms: float,
+                        predicted_ms: float, probes: Sequence[tuple[float, float]]) -> None:
         self.state.figures["latency"] = {
-            "before_ms": table.full_ms, "after_ms": met.measured_ms, "target_ms": target_ms,
-            "predicted_ms": met.predicted_ms, "backend": table.backend, "device": table.device,
-            "batch": table.batch, "table_error": table.error(), "probes": [list(p) for p in met.probes]}
+            "before_ms": table.full_ms, "after_ms": measured_ms, "target_ms": target_ms,
+            "predicted_ms": predicted_ms, "backend": table.backend, "device": table.device,
+            "batch": table.batch, "table_error": table.error(), "probes": [list(p) for p in probes]}
+
+    def _latency_removal(self, model: nn.Module, graph: ChannelGraph,
+                         scorer: Scorer) -> dict[int, list[int]]:
+        """Channels chosen by score per millisecond saved (`fxprune.latency`), the plan timed
+        until its measured onnxruntime latency meets --target-latency."""
+        timer, table, target_ms = self._latency_setup(model, graph)
+        cpu = copy.deepcopy(model).cpu()
+        with torch.no_grad():
+            scores = {g: s.cpu().numpy() for g, s in scorer.scores(cpu).items()}
+        met = meet_latency(table, scores, target_ms, graph, lambda removed: timer(
+            prune_channels(cpu, graph, removed), (self.example.cpu(),)).ms)
+        self._report_latency(table, target_ms, met.measured_ms, met.predicted_ms, met.probes)
         return met.removed
 
     def _finetune(self) -> None:

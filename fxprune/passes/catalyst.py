@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -310,10 +310,13 @@ def _sigma_end(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
 
 
 def insert_catalysts(
-    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float = 1.0, target: str = "group",
-    loss_gradient: bool = False, inexact: bool = False,
+    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float | Mapping[int, float] = 1.0,
+    target: str = "group", loss_gradient: bool = False, inexact: bool = False,
 ) -> torch.fx.GraphModule:
     """A copy of `gm` with a catalyst after each producer of each prunable group's channels.
+    `c` is c0, D's starting ratio to G: one for all groups, or one per group id (a group the
+    mapping leaves out starts at 1, undecided; a latency target starts the groups whose
+    channels cost more further toward pruning).
     With ``loss_gradient=True``, D also receives the task loss's gradient sum(dL/dpsi * u) (the
     paper's method as written); by default it moves by the regulariser alone (see above).
 
@@ -323,7 +326,8 @@ def insert_catalysts(
     cost 37 points at the pruning step in the convergence study)."""
     if target not in TARGETS:
         raise InputError(f"target must be one of {TARGETS}, got {target!r}")
-    if c <= 0:
+    per_group = dict(c) if isinstance(c, Mapping) else None
+    if any(v <= 0 for v in (per_group.values() if per_group is not None else [c])):
         raise InputError(f"c must be positive, got {c}")
     extended = copy.deepcopy(gm)
     for group in graph.prunable:
@@ -343,7 +347,8 @@ def insert_catalysts(
                             sources, [_never_edited(extended, end) for end in ends],
                             loss_gradient=loss_gradient)
         with torch.no_grad():
-            catalyst.d.copy_(c * catalyst.magnitude(extended))
+            c0 = c if per_group is None else per_group.get(group.id, 1.0)
+            catalyst.d.copy_(c0 * catalyst.magnitude(extended))
         extended.add_submodule(name, catalyst)
         for k, ((producer, _), end) in enumerate(zip(sites, ends)):
             with extended.graph.inserting_after(end):
