@@ -307,8 +307,9 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
                  graph: ChannelGraph) -> dict[int, list[int]]:
     """The channels to remove so the table predicts at most `target_ms`: greedy, each step
     narrowing the group whose next width costs the least score per millisecond it saves
-    (looking past widths that save nothing), channels removed in ascending score order.
-    Stops where no width saves more (the target may then be out of reach)."""
+    (any narrower width, not only the next one: a few low scores may hide behind a high
+    one), channels removed in ascending score order. Stops where no width saves more (the
+    target may then be out of reach)."""
     groups = [g for g in scores if g in table.curves]
     order, prefix, options, width = {}, {}, {}, {}
     for g in groups:
@@ -324,26 +325,38 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
         neighbours[a].append((b, p.c))
         neighbours[b].append((a, p.c))
     share = dict.fromkeys(table.curves, 0.0)
+
+    def cheapest(g: int) -> tuple[float, int] | None:
+        """The next width of `g` with the least score per share removed (the milliseconds a
+        share saves are the same for every width of g, so this ranking holds until g moves)."""
+        channels, spent = graph[g].channels, prefix[g][graph[g].channels - width[g]]
+        found = None
+        for w in options[g]:
+            if w >= width[g]:
+                break
+            removed = 1 - w / channels - share[g]
+            per_share = (prefix[g][channels - w] - spent) / removed
+            if found is None or per_share < found[0]:
+                found = (per_share, w)
+        return found
+
+    best_width = {g: cheapest(g) for g in groups}
     predicted = table.full_ms
     while predicted > target_ms:
         best = None
         for g in groups:
-            curve = table.curves[g]
-            rate = curve.a + sum(c * share[h] for h, c in neighbours[g])  # ms per share removed
-            spent = prefix[g][curve.channels - width[g]]
-            for w in options[g]:
-                if w >= width[g]:
-                    break
-                gain = rate * (1 - w / curve.channels - share[g])
-                if gain <= 0:
-                    continue
-                ratio = (prefix[g][curve.channels - w] - spent) / gain
-                if best is None or ratio < best[0]:
-                    best = (ratio, g, w, gain)
+            rate = table.curves[g].a + sum(c * share[h] for h, c in neighbours[g])  # ms/share
+            if best_width[g] is None or rate <= 0:
+                continue
+            ratio = best_width[g][0] / rate  # score per millisecond saved
+            if best is None or ratio < best[0]:
+                best = (ratio, g, best_width[g][1], rate)
         if best is None:
             break
-        _, g, w, gain = best
-        width[g], share[g], predicted = w, 1 - w / graph[g].channels, predicted - gain
+        _, g, w, rate = best
+        predicted -= rate * (1 - w / graph[g].channels - share[g])
+        width[g], share[g] = w, 1 - w / graph[g].channels
+        best_width[g] = cheapest(g)
     return {g: sorted(int(c) for c in order[g][:graph[g].channels - width[g]])
             for g in groups if width[g] < graph[g].channels}
 
