@@ -39,7 +39,7 @@ from fxprune import atomic
 from fxprune.app.datasets import digits
 from fxprune.app.training import accuracy, train_epoch
 from fxprune.baselines import Scorer
-from fxprune.latency import latency_table, meet_latency, onnxruntime_timer
+from fxprune.latency import OnnxRuntimeTimer, latency_table, meet_latency
 from fxprune.target import best_index, next_probe
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -90,7 +90,7 @@ def rows_for(name: str, batch: int, targets: list[float], args: argparse.Namespa
     with torch.no_grad():
         scores = {g: s.numpy() for g, s in scorer.scores(gm).items()}
     start = time.perf_counter()
-    timer = onnxruntime_timer(gm, x, batch=batch, repeats=args.repeats)
+    timer = OnnxRuntimeTimer(gm, x, batch=batch, repeats=args.repeats)
     table = latency_table(gm, x, graph=graph, batch=batch, timer=timer,
                           progress=lambda i, n: print(f"  {name} b{batch}: timed {i}/{n}",
                                                       end="\r", flush=True))

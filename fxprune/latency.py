@@ -63,42 +63,44 @@ class Timing:
 Timer = Callable[[nn.Module, tuple[torch.Tensor, ...]], Timing]
 
 
-def onnxruntime_timer(reference: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
-                      *, batch: int = 1, device: str = "cpu", warmup: int = 3,
-                      repeats: int = 10) -> Timer:
+class OnnxRuntimeTimer:
     """Time models as they are deployed, against `reference` (the unpruned model): each is
     written with `export_onnx` (legacy exporter, parity checked) and run in onnxruntime on
     random inputs at `batch`, its runs alternating with the reference's. A model's time is
     the reference's (timed once, at the start) times the median ratio of paired runs, so a
     machine that slows down for a while slows both sides of every pair alike. Idle worker
     threads do not spin (`ort_session`), or each session would slow the other."""
-    from fxprune.export.deploy import at_batch, ort_session
-    from fxprune.export.onnx import export_onnx
 
-    folder = tempfile.TemporaryDirectory(prefix="fxprune-latency-")
-    feed = at_batch(as_input_tuple(example_inputs), batch)
+    def __init__(self, reference: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                 *, batch: int = 1, device: str = "cpu", warmup: int = 3,
+                 repeats: int = 10) -> None:
+        from fxprune.export.deploy import at_batch
 
-    def session(model: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> Callable[[], float]:
-        path = Path(folder.name) / f"{name}.onnx"
-        export_onnx(model, inputs, path, exporter="legacy")
-        return ort_session(path, feed, device=device, spinning=False)
-
-    run_reference = session(reference, as_input_tuple(example_inputs), "reference")
-    for _ in range(warmup):
-        run_reference()
-    base = statistics.median(run_reference() for _ in range(2 * repeats))
-
-    def timer(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Timing:
-        run = session(model, inputs, "candidate")
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self.folder = tempfile.TemporaryDirectory(prefix="fxprune-latency-")  # goes with self
+        self.feed = at_batch(as_input_tuple(example_inputs), batch)
+        self.reference = self._session(reference, as_input_tuple(example_inputs), "reference")
         for _ in range(warmup):
-            run()
-            run_reference()
-        ratios = sorted(run() / run_reference() for _ in range(repeats))
-        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        return Timing(base * median, (q3 - q1) / median)
+            self.reference()
+        self.base_ms = statistics.median(self.reference() for _ in range(2 * repeats))
 
-    timer.folder = folder  # removed with the timer
-    return timer
+    def __call__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Timing:
+        run = self._session(model, inputs, "candidate")
+        for _ in range(self.warmup):
+            run()
+            self.reference()
+        ratios = [run() / self.reference() for _ in range(self.repeats)]
+        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        return Timing(self.base_ms * median, (q3 - q1) / median)
+
+    def _session(self, model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                 name: str) -> Callable[[], float]:
+        from fxprune.export.deploy import ort_session
+        from fxprune.export.onnx import export_onnx
+
+        path = Path(self.folder.name) / f"{name}.onnx"
+        export_onnx(model, inputs, path, exporter="legacy")
+        return ort_session(path, self.feed, device=self.device, spinning=False)
 
 
 def preferred_step(device: str = "cpu") -> int:
@@ -248,7 +250,7 @@ def latency_table(
     key = _key(gm, inputs, backend, device, batch, step, samples, checks, seed)
     store = _Store(_cache_file(cache, key), key)
     if timer is None:
-        timer = onnxruntime_timer(gm, inputs, batch=batch, device=device, repeats=repeats)
+        timer = OnnxRuntimeTimer(gm, inputs, batch=batch, device=device, repeats=repeats)
     total, done = 1 + samples + checks, 0
 
     def timed(name: str, widths: Mapping[int, int]) -> Timing:

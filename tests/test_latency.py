@@ -148,7 +148,7 @@ def test_an_unknown_backend_is_refused(digits) -> None:
 
 def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fxprune.app.job.onnxruntime_timer", lambda *a, **kw: params_timer)
+    monkeypatch.setattr("fxprune.app.job.OnnxRuntimeTimer", lambda *a, **kw: params_timer)
     monkeypatch.setattr("fxprune.latency.preferred_step", lambda device: STEP)  # not the CPU's
     cfg = JobConfig(method="magnitude", target_latency="0.6", pretrain_epochs=1,
                     finetune_epochs=0, out=str(tmp_path))
@@ -163,7 +163,7 @@ def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
 
 def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fxprune.app.job.onnxruntime_timer", lambda *a, **kw: params_timer)
+    monkeypatch.setattr("fxprune.app.job.OnnxRuntimeTimer", lambda *a, **kw: params_timer)
     cfg = JobConfig(target_latency="0.5", pretrain_epochs=2, opt1_epochs=4, finetune_epochs=0,
                     out=str(tmp_path))
     report = Job(cfg).run()

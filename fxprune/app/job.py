@@ -42,11 +42,11 @@ from fxprune.errors import InputError, TrainingError, first_line
 from fxprune.graph import ChannelGraph
 from fxprune.latency import (
     LatencyTable,
+    OnnxRuntimeTimer,
     Timer,
     latency_c,
     latency_table,
     meet_latency,
-    onnxruntime_timer,
     parse_target,
 )
 from fxprune.passes.analyze import analyze
@@ -660,7 +660,7 @@ class Job:
         cfg = self.cfg
         model = copy.deepcopy(model).cpu()  # onnxruntime times it on the CPU
         example = self.example.cpu()
-        timer = onnxruntime_timer(model, example, batch=cfg.latency_batch)
+        timer = OnnxRuntimeTimer(model, example, batch=cfg.latency_batch)
         table = latency_table(model, example, graph=graph, batch=cfg.latency_batch,
                               cache=self.out / "latency", timer=timer)
         kind, value = parse_target(cfg.target_latency)
