@@ -333,9 +333,9 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
         share saves are the same for every width of g, so this ranking holds until g moves)."""
         channels, spent = graph[g].channels, prefix[g][graph[g].channels - width[g]]
         found = None
-        for w in options[g]:
+        for w in reversed(options[g]):  # the nearest first: a tie keeps the smaller step
             if w >= width[g]:
-                break
+                continue
             removed = 1 - w / channels - share[g]
             per_share = (prefix[g][channels - w] - spent) / removed
             if found is None or per_share < found[0]:

@@ -85,6 +85,10 @@ def test_the_plan_removes_what_costs_least_score_per_millisecond(digits) -> None
     scores = {g: np.full(graph[g].channels, 1.0 if g == cheap else 100.0) for g in table.curves}
     removed = plan_latency(table, scores, 0.97 * table.full_ms, graph)
     assert list(removed) == [cheap]
+    # equal scores: the plan narrows by one step at a time, not in one jump to the floor
+    flat = {g: np.ones(graph[g].channels) for g in table.curves}
+    removed = plan_latency(table, flat, table.full_ms - 1e-6, graph)
+    assert [len(v) for v in removed.values()] == [STEP]
     # channels go in ascending score order
     scores[cheap] = np.arange(graph[cheap].channels, dtype=float)
     removed = plan_latency(table, scores, 0.97 * table.full_ms, graph)
