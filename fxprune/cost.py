@@ -61,7 +61,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+def count_flops(model: nn.Module, inputs: tuple[object, ...],
                 kwargs: Mapping[str, object] | None = None) -> int:
     """FLOPs of one forward pass, in eval mode and without autograd."""
     # Set the flags directly instead of calling .eval(): modules from torch.export's
@@ -84,7 +84,7 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     return counter.get_total_flops()
 
 
-def cost(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+def cost(model: nn.Module, example_inputs: torch.Tensor | Sequence[object], *,
          example_kwargs: Mapping[str, object] | None = None) -> Cost:
     """MACs, FLOPs (2 per MAC) and parameter count of `model` on `example_inputs`.
 

@@ -6,8 +6,6 @@ Every error a user can reach is an ``FxPruneError``. Errors about the graph name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.fx
 from torch import nn
@@ -65,15 +63,43 @@ def describe(node: torch.fx.Node) -> str:
     return f"{text} ({where})" if where else text
 
 
-def as_input_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    """`example_inputs` as a tuple of tensors, or `InputError` saying what was given."""
+def as_input_tuple(example_inputs: object) -> tuple[object, ...]:
+    """`example_inputs` as a tuple of positional inputs, or `InputError` saying what was given.
+
+    A tensor is the one input; a list or tuple holds one input per forward argument, each a
+    tensor or a list, tuple or dict of them, nested as the model takes them (a detector's list
+    of images is one input: ``([image1, image2],)``).
+    """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, Sequence) or not all(isinstance(t, torch.Tensor) for t in inputs):
+    if not isinstance(inputs, (tuple, list)):
+        bad = ("example_inputs", example_inputs)
+    else:
+        found = (not_tensors(value, f"example_inputs[{i}]") for i, value in enumerate(inputs))
+        bad = next((b for b in found if b is not None), None)
+    if bad is not None:
+        where, value = bad
         raise InputError(
-            "example_inputs must be a tensor or a sequence of tensors, "
-            f"got {type(example_inputs).__name__}: pass e.g. torch.randn(1, 3, 224, 224)"
+            "example_inputs must be a tensor or a sequence of tensors (each may be a list, tuple "
+            f"or dict of tensors, nested), got {type(example_inputs).__name__}: {where} is "
+            f"{type(value).__name__}. Pass e.g. torch.randn(1, 3, 224, 224), or ([image1, "
+            "image2],) for a model that takes a list of images"
         )
     return tuple(inputs)
+
+
+def not_tensors(value: object, where: str) -> tuple[str, object] | None:
+    """The first place in `value` (a tensor, or a list, tuple or dict nesting them) that holds
+    something else, with what it holds; None where all is tensors."""
+    if isinstance(value, torch.Tensor):
+        return None
+    if not isinstance(value, (tuple, list, dict)) or not value:  # an empty one holds no input
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        found = not_tensors(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def check_module(model: object) -> nn.Module:

@@ -1,8 +1,10 @@
 """Trace a model into a GraphModule whose nodes carry shapes.
 
 Invariant established: every node of the returned graph has ``node.meta["tensor_meta"]``
-(shape and dtype, nested for tuple outputs), and call_module nodes for submodules that had to be
-made leaves carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why. get_attr nodes
+(shape and dtype, nested like tuple, list and dict outputs), and the nodes of what had to be
+made opaque carry ``node.meta["fxprune.leaf"]`` (a ``LeafReason``) saying why: call_module
+nodes for submodules, call_function nodes for a method other than forward (of a submodule, of
+the model, or of an object a submodule holds) or a plain function that a forward calls. get_attr nodes
 carry ``node.meta["fxprune.owner"]`` (a ``ParamOwner``): the class of the module that owns the
 tensor, which the GraphModule replaces by a plain container. ``gm.meta["fxprune.specialised"]``
 lists the values computed from sizes that the forward needed as plain Python values (the
@@ -12,6 +14,7 @@ conditions it branched on, ints), taken from the example's shapes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import linecache
 import logging
@@ -19,7 +22,7 @@ import operator
 import os
 import sys
 import types
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
+from torch.utils._pytree import tree_leaves, tree_map_only
 
 from fxprune import ops
 from fxprune.errors import (
@@ -36,6 +40,7 @@ from fxprune.errors import (
     check_module,
     describe,
     first_line,
+    not_tensors,
 )
 from fxprune.ops.api import ShapeRule
 
@@ -62,7 +67,8 @@ class ParamOwner:
 
 @dataclass(frozen=True)
 class LeafReason:
-    """Why a submodule was traced as an opaque leaf (its channels are then frozen)."""
+    """Why a submodule, method or function was traced as an opaque leaf (the channels it reads
+    are then frozen); `module` is its dotted name ("rpn.filter_proposals")."""
 
     module: str
     reason: str
@@ -102,13 +108,19 @@ class _Proxy(torch.fx.Proxy):
 
 class _Tracer(torch.fx.Tracer):
     def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...],
-                 example: _Example | None = None) -> None:
-        super().__init__()
+                 example: _Example | None = None,
+                 methods: Mapping[tuple[str, str], LeafReason] | None = None,
+                 functions: Mapping[types.FunctionType, LeafReason] | None = None) -> None:
+        # plain functions made opaque are wrapped wherever a traced forward calls them
+        super().__init__(autowrap_functions=tuple(functions or ()))
         self.leaves = set(leaves)
         self.leaf_types = leaf_types
         self.example = example
+        self.methods = dict(methods or {})  # (module, method name) -> why it is opaque
         self.specialised: list[Specialised] = []
         self._env: dict[torch.fx.Node, object] = {}
+        self._real: dict[torch.fx.Node, object] = {}  # values on the example itself (`_value`)
+        self._data: dict[torch.fx.Node, bool] = {}  # whether a node's value depends on data
         # id -> qualified name of the root's parameters, and of its buffers (made on first use)
         self._names: tuple[dict[int, str], dict[int, str]] | None = None
 
@@ -127,16 +139,25 @@ class _Tracer(torch.fx.Tracer):
         return iter([obj[i] for i in range(len(value))])
 
     def sequence(self, obj: torch.fx.Proxy) -> tuple | list | None:
-        """The proxy's value where it is a sequence (of sizes), else None."""
+        """The proxy's value where it is a sequence (of sizes, or an input's tensors), else
+        None. An input's length is taken from the example (a detector's number of images)."""
         value = self._value(obj.node) if self.example is not None else None
-        return value if isinstance(value, (tuple, list)) else None
+        if not isinstance(value, (tuple, list)):
+            return None
+        if obj.node.op == "placeholder":
+            frame = _user_frame(sys._getframe(1), self_too=True)
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+            if Specialised(where, len(value)) not in self.specialised:
+                self.specialised.append(Specialised(where, len(value)))
+        return value
 
     def concrete(self, obj: torch.fx.Proxy, kind: type) -> int:
         """Control flow on a proxy, or an int made of one: decided on the example inputs where
         the value depends on sizes alone (computed on fake tensors, so a value that depends on
-        data still fails and its submodule becomes a leaf)."""
+        data, or on the sizes of what an opaque call computed from data, still fails and the
+        code that needs it becomes a leaf)."""
         value = self._value(obj.node) if self.example is not None else None
-        if not isinstance(value, (bool, int, float)):
+        if not isinstance(value, (bool, int, float)) or self._from_data(obj.node):
             if kind is bool:
                 return super().to_bool(obj)
             raise TypeError(f"{kind.__name__}() of a traced value that is not a size")
@@ -146,25 +167,125 @@ class _Tracer(torch.fx.Tracer):
         return kind(value)
 
     def _value(self, node: torch.fx.Node) -> object:
-        """The node's value on fake copies of the example, the graph so far run up to it."""
+        """The node's value on fake copies of the example, the graph so far run up to it.
+
+        A node that cannot run on fake tensors (a leaf that reads values: a detector's
+        proposal selection) runs on the example itself, and its result is made fake: the ops
+        after it then see the sizes the example gives there (the number of proposals kept)."""
         if node not in self._env:
             try:
                 # fx patches nn.Module calls while it traces; the run must see the real ones
                 with (_unpatched(), self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG),
                       _kept_state(self.root.modules())):
-                    run = torch.fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+                    run = _Run(self.root, garbage_collect_values=False, graph=self.graph)
                     run.env = self._env
                     values = iter(self.example.values(self.graph))
                     for n in self.graph.nodes:
                         if n.op == "placeholder":
                             self._env[n] = next(values)
                         elif n not in self._env:
-                            self._env[n] = run.run_node(n)
+                            try:
+                                self._env[n] = run.run_node(n)
+                            except Exception:  # noqa: BLE001 - it reads values: run the example
+                                self._data[n] = True
+                                self._env[n] = tree_map_only(torch.Tensor, self.example.mode.from_tensor,
+                                                             self._real_value(n))
                         if n is node:
                             break
             except Exception:  # noqa: BLE001 - a value that fake tensors cannot give: no decision
                 return None
         return self._env.get(node)
+
+    def _from_data(self, node: torch.fx.Node) -> bool:
+        """Whether the node's value depends on a value that ran on the example itself (its
+        sizes are then the example's data's, such as a number of boxes kept: never decided on
+        while tracing). A rank is never data."""
+        if node not in self._data:
+            stack = [node]
+            while stack:  # depth first, without recursion: graphs are deep
+                n = stack[-1]
+                todo = [a for a in n.all_input_nodes if a not in self._data]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                stack.pop()
+                self._data[n] = n.target not in ("dim", "ndimension") and any(
+                    self._data[a] for a in n.all_input_nodes)
+        return self._data[node]
+
+    def _real_value(self, node: torch.fx.Node) -> object:
+        """The node's value on the example inputs themselves (never fake)."""
+        with unset_fake_temporarily():
+            run = _Run(self.root, garbage_collect_values=False, graph=self.graph)
+            run.env = self._real
+            values = iter(self.example.values(self.graph, real=True))
+            for n in self.graph.nodes:
+                if n.op == "placeholder":
+                    self._real[n] = next(values)
+                elif n not in self._real:
+                    self._real[n] = run.run_node(n)
+                if n is node:
+                    return self._real[n]
+        return None
+
+    def unpack(self, proxy: torch.fx.Proxy) -> object:
+        """An opaque call's result as the example's value is built: a tuple, list or dict holding
+        a None or an empty container (a detector's transform returns (images, None) without
+        targets) becomes one of proxies, Nones and empty containers, so that the model's ``if
+        targets is not None`` sees the None and ``losses.update(...)`` an empty dict."""
+        value = self._value(proxy.node) if self.example is not None else None
+
+        def holds_none(v: object) -> bool:  # or an empty container (a detector's losses)
+            return v is None or type(v) in (tuple, list, dict) and (
+                not v or any(holds_none(x) for x in _items(v).values()))
+
+        def build(p: torch.fx.Proxy, v: object) -> object:
+            if v is None:
+                return None
+            items = _items(v)
+            if not items or not holds_none(v):
+                return type(v)() if type(v) in (tuple, list, dict) and not v else p
+            built = {k: build(p[k], x) for k, x in items.items()}
+            return built if isinstance(v, dict) else type(v)(built.values())
+
+        return build(proxy, value) if holds_none(value) and value is not None else proxy
+
+    def call_module(self, m: torch.nn.Module, forward: object, args: tuple,
+                    kwargs: dict) -> object:
+        result = super().call_module(m, forward, args, kwargs)
+        if (isinstance(result, torch.fx.Proxy) and result.node.op == "call_module"
+                and result.node.target == self.path_of_module(m) and ops.lookup_module(m) is None):
+            return self.unpack(result)  # the call of a leaf, not the last op of a traced module
+        return result
+
+    @contextlib.contextmanager
+    def opaque_methods(self, root: torch.nn.Module) -> Iterator[None]:
+        """While tracing, the methods in `self.methods` are recorded as one call each (of the
+        method bound to the model as given, so it must not read parameters that pruning
+        changes: thresholds and box coders are what a detector's postprocessing reads)."""
+        patched = []
+        for (name, method), reason in self.methods.items():
+            module = _attribute(root, name)
+            if method in vars(module):  # one object under two names
+                continue
+            module.__dict__[method] = self._opaque(getattr(module, method), reason)
+            patched.append((module, method))
+        try:
+            yield
+        finally:
+            for module, method in patched:
+                del module.__dict__[method]
+
+    def _opaque(self, bound: object, reason: LeafReason) -> object:
+        return functools.partial(self._call_opaque, bound, reason)
+
+    def _call_opaque(self, bound: Callable[..., object], reason: LeafReason, *args: object,
+                     **kwargs: object) -> object:
+        if not any(isinstance(a, torch.fx.Proxy) for a in tree_leaves((args, kwargs))):
+            return bound(*args, **kwargs)
+        proxy = self.create_proxy("call_function", bound, args, kwargs)
+        proxy.node.meta[LEAF_KEY] = reason
+        return self.unpack(proxy)
 
     # fx finds the name of a parameter or buffer that forward reads, or passes to an op, by
     # walking all of the root's at every use: quadratic in the model's size. These two
@@ -213,9 +334,10 @@ class _Tracer(torch.fx.Tracer):
         if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
             return True
         # fx keeps every torch.nn module whole; those the op table does not know
-        # (nn.TransformerEncoder, nn.TransformerDecoderLayer, ...) are traced through instead
-        return super().is_leaf_module(m, module_qualified_name) and (
-            ops.lookup_module(m) is not None)
+        # (nn.TransformerEncoder, nn.TransformerDecoderLayer, ...) are traced through instead,
+        # and those of other libraries that it knows are kept whole where it says so
+        entry = ops.lookup_module(m)
+        return entry is not None and (entry.whole or super().is_leaf_module(m, module_qualified_name))
 
     def create_node(self, *args: object, **kwargs: object) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -233,8 +355,20 @@ class _Tracer(torch.fx.Tracer):
         return node
 
 
-# The tracer's stand-ins for fx's own methods: their frames are fx's, not the user's line.
-_FX_OVERRIDES = frozenset({_Tracer.getattr.__code__, _Tracer.create_arg.__code__})
+def _codes(*functions: object) -> frozenset[types.CodeType]:
+    """The code of `functions` and of the functions defined inside them."""
+    found, todo = set(), [f.__code__ for f in functions]
+    while todo:
+        code = todo.pop()
+        found.add(code)
+        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return frozenset(found)
+
+
+# The tracer's stand-ins for fx's own methods, and its opaque calls: their frames are fx's,
+# not the user's line.
+_FX_OVERRIDES = _codes(_Tracer.getattr, _Tracer.create_arg, _Tracer.call_module,
+                       _Tracer._call_opaque, _Tracer.unpack)
 
 
 def _user_frame(frame: types.FrameType | None, self_too: bool = False) -> types.FrameType | None:
@@ -252,14 +386,32 @@ class _Example:
 
     def __init__(self, inputs: tuple[object, ...], kwargs: Mapping[str, object]) -> None:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.real = (inputs, kwargs)
         self.inputs = tuple(self._fake(v) for v in inputs)
         self.kwargs = {k: self._fake(v) for k, v in kwargs.items()}
 
     def _fake(self, value: object) -> object:
-        return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+        return tree_map_only(torch.Tensor, self.mode.from_tensor, value)
 
-    def values(self, graph: torch.fx.Graph) -> tuple[object, ...]:
-        return _placeholder_values(graph, self.inputs, self.kwargs)
+    def values(self, graph: torch.fx.Graph, real: bool = False) -> tuple[object, ...]:
+        return _placeholder_values(graph, *(self.real if real else (self.inputs, self.kwargs)))
+
+
+def _attribute(root: torch.nn.Module, name: str) -> object:
+    """The submodule, or the helper object a submodule holds, at dotted path `name`."""
+    obj: object = root
+    for part in name.split(".") if name else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _items(value: object) -> dict[object, object]:
+    """The items of a tuple, list or dict (by index or key); {} for anything else."""
+    if isinstance(value, dict):
+        return dict(value)
+    if type(value) in (tuple, list):  # a named tuple or torch.Size is no container here
+        return dict(enumerate(value))
+    return {}
 
 
 @contextlib.contextmanager
@@ -284,18 +436,55 @@ def _kept_state(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
                 table.update(kept)
 
 
-def _failing_module(model: torch.nn.Module, exc: BaseException) -> tuple[str, str] | None:
-    """The innermost submodule of `model` whose forward was running when `exc` was raised,
-    and the user's source line there."""
-    names = {id(m): name for name, m in model.named_modules()}
-    found: tuple[str, str] | None = None
+@dataclass(frozen=True)
+class _Failure:
+    """Where tracing failed: the innermost submodule of the model whose code was running, or
+    a helper object a submodule holds (a detector's box coder, "rpn.box_coder"); the source
+    line there; the method of its class that was running ("forward", another one such as
+    ``filter_proposals``, or "" where it was none of them); and the plain function outside
+    torch it had called, where the failure was inside one (``keypointrcnn_inference``)."""
+
+    owner: str
+    line: str
+    method: str
+    function: types.FunctionType | None
+    helper: bool  # owner is a helper object, not a submodule
+
+
+def _failing_module(model: torch.nn.Module, exc: BaseException) -> _Failure | None:
+    modules = dict(model.named_modules())
+    names = {id(m): name for name, m in modules.items()}
+    helpers = {id(v): f"{name}.{attr}" if name else attr for name, m in modules.items()
+               for attr, v in vars(m).items()
+               if not attr.startswith("_") and hasattr(v, "__dict__")
+               and not isinstance(v, (torch.nn.Module, torch.Tensor, type, types.FunctionType,
+                                      types.MethodType, types.ModuleType))}
+    found: _Failure | None = None
+    caller: types.FrameType | None = None  # the frame of `found`'s method
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         owner = frame.f_locals.get("self")
-        if owner is not None and id(owner) in names:
-            found = (names[id(owner)], f"{frame.f_code.co_filename}:{tb.tb_lineno}")
+        name = names.get(id(owner), helpers.get(id(owner))) if owner is not None else None
+        if name is not None:
+            method = getattr(type(owner), frame.f_code.co_name, None)
+            own = getattr(method, "__code__", None) is frame.f_code and (
+                frame.f_code.co_name == "forward" or not hasattr(torch.nn.Module, frame.f_code.co_name))
+            found = _Failure(name, f"{frame.f_code.co_filename}:{tb.tb_lineno}",
+                             frame.f_code.co_name if own else "", None, id(owner) not in names)
+            caller = frame
+        elif caller is not None:
+            # a function a module's forward calls by a global name of its file: fx wraps it
+            # there (autowrap_functions) when asked to
+            function = caller.f_globals.get(frame.f_code.co_name)
+            if (found.method == "forward" and not found.helper
+                    and isinstance(function, types.FunctionType) and function.__code__ is frame.f_code
+                    and not frame.f_code.co_filename.startswith(_SKIP_DIR)):
+                found = _Failure(found.owner, found.line, found.method, function, found.helper)
+            caller = None
         tb = tb.tb_next
+    if found is not None and found.helper and found.method in ("", "forward"):
+        return None  # a helper object is made opaque by its methods alone
     return found
 
 
@@ -326,36 +515,78 @@ def _symbolic_trace(
     example: _Example,
 ) -> tuple[torch.fx.GraphModule, dict[str, LeafReason]]:
     leaves: dict[str, LeafReason] = {}
+    methods: dict[tuple[str, str], LeafReason] = {}
+    functions: dict[types.FunctionType, LeafReason] = {}
     for _ in range(MAX_LEAF_RETRIES):
-        tracer = _Tracer(leaves, leaf_types, example)
+        tracer = _Tracer(leaves, leaf_types, example, methods, functions)
         try:
-            with _kept_state(model.modules()):  # a forward that caches a traced value on itself
+            # a forward that caches a traced value on itself
+            with _kept_state(model.modules()), tracer.opaque_methods(model):
                 graph = tracer.trace(model, concrete or None)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
             where = _failing_module(model, exc)
-            if where is None or where[0] == "" or where[0] in leaves:
-                line = f" at {where[1]}" if where else ""
-                module = f"module '{where[0] or type(model).__name__}'" if where else "the model"
+            # the smallest part made opaque: a plain function the module called, else a
+            # method other than forward (the module's layers stay in the graph), else the module
+            function = where is not None and where.function is not None
+            method = where is not None and not function and where.method not in ("", "forward")
+            if where is None or where.owner in leaves or (where.owner, where.method) in methods or (
+                    where.function in functions) or (where.owner == "" and not method and not function):
+                line = f" at {where.line}" if where else ""
+                module = f"module '{where.owner or type(model).__name__}'" if where else "the model"
                 raise TraceError(
                     f"torch.fx cannot trace {module}{line}: {type(exc).__name__}: {exc}. "
                     "Rewrite the data-dependent control flow there (e.g. with torch.where), "
                     "or pass the module's class in leaf_modules=... to treat it as opaque."
                 ) from exc
-            name, line = where
-            reason = f"made a leaf because tracing failed at {line}: {type(exc).__name__}: {exc}"
-            log.info("tracing %s as a leaf: %s", name, reason)
-            leaves[name] = LeafReason(module=name, reason=reason)
+            why = f"made a leaf because tracing failed at {where.line}: {type(exc).__name__}: {exc}"
+            if function:
+                log.info("tracing %s as a leaf: %s", where.function.__qualname__, why)
+                functions[where.function] = LeafReason(module=where.function.__qualname__, reason=why)
+            elif method:
+                name = f"{where.owner}.{where.method}" if where.owner else where.method
+                log.info("tracing %s as a leaf: %s", name, why)
+                methods[(where.owner, where.method)] = LeafReason(module=name, reason=why)
+            else:
+                log.info("tracing %s as a leaf: %s", where.owner, why)
+                leaves[where.owner] = LeafReason(module=where.owner, reason=why)
             continue
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in functions:
+                node.meta[LEAF_KEY] = functions[node.target]
         gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
         gm.meta[SPECIALISED_KEY] = tuple(tracer.specialised)
         if tracer.specialised:
             log.info("%d values computed from sizes taken from the example's shapes",
                      len(tracer.specialised))
+        # opaque methods and functions (their nodes carry their reasons) leave every layer in
+        # the graph: no reason to try torch.export, which fails on what reads values anyway
         return gm, leaves
     raise TraceError(f"gave up after making {MAX_LEAF_RETRIES} submodules leaves: {sorted(leaves)}")
 
 
-class _ShapeProp(torch.fx.Interpreter):
+class _Run(torch.fx.Interpreter):
+    """An interpreter that hands opaque calls (leaves) plain lists and dicts, as the graph
+    module's code does, not fx's immutable ones: a detector's postprocessing writes into the
+    dicts it is given."""
+
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> tuple[tuple, dict]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if LEAF_KEY in n.meta:
+            args, kwargs = _thawed(args), _thawed(kwargs)
+        return args, kwargs
+
+
+def _thawed(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thawed(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_thawed(v) for v in value)
+    return value
+
+
+class _ShapeProp(_Run):
     """Shape propagation on fake tensors: no real compute, so tracing stays cheap.
 
     With a `mode`, tensors read by get_attr nodes (parameters used directly in the graph) are
@@ -430,7 +661,8 @@ class _ShapeProp(torch.fx.Interpreter):
         return result
 
     def _metadata(self, value: object) -> object:
-        """``TensorMetadata`` of a tensor (nested like a tuple or list of them), else None."""
+        """``TensorMetadata`` of a tensor (nested like a tuple, list or dict of them), else
+        None."""
         if isinstance(value, torch.Tensor):
             if value.layout is not torch.strided or value.is_quantized:
                 return _extract_tensor_metadata(value)
@@ -442,6 +674,8 @@ class _ShapeProp(torch.fx.Interpreter):
             return meta._replace(qparams={})  # no dict shared between nodes
         if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
             return type(value)(self._metadata(v) for v in value)
+        if isinstance(value, dict):  # a detector's outputs: {"boxes": ..., "scores": ...}
+            return {k: self._metadata(v) for k, v in value.items()}
         return None
 
 
@@ -474,7 +708,7 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
 def _on_meta(gm: torch.nn.Module, inputs: tuple[object, ...]) -> bool:
     """Whether any input, parameter or buffer is a meta tensor (shape and dtype, no data)."""
     return any(isinstance(t, torch.Tensor) and t.is_meta
-               for t in (*inputs, *gm.parameters(), *gm.buffers()))
+               for t in (*tree_leaves(inputs), *gm.parameters(), *gm.buffers()))
 
 
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> None:
@@ -498,7 +732,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
               if ops.lookup_module(module) is None for sub in module.modules()}
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs)
+        fake = tree_map_only(torch.Tensor, mode.from_tensor, inputs)
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(opaque):
                 _ShapeProp(gm, mode).run(*fake)
@@ -524,7 +758,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
 
 def trace(
     model: torch.nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: torch.Tensor | Sequence[object],
     *,
     example_kwargs: Mapping[str, torch.Tensor] | None = None,
     leaf_modules: Iterable[type] = (),
@@ -538,9 +772,17 @@ def trace(
     torch.export where it fails or leaves a submodule opaque, symbolic with leaves where
     torch.export fails too. The path taken is in ``gm.meta["fxprune.capture"]``.
 
-    Symbolically, submodules whose forward cannot be traced (data-dependent control flow) are
-    retried as leaves; their channels are then frozen, with the reason in
-    ``node.meta["fxprune.leaf"]``. Forward arguments given neither in `example_inputs` nor by
+    `example_inputs` holds one value per positional argument of forward: a tensor, or a list,
+    tuple or dict of tensors, nested (a detector's list of images: ``([image1, image2],)``); a
+    single tensor may be passed as is. Outputs may be nested likewise.
+
+    Symbolically, code that cannot be traced (data-dependent control flow) is retried as an
+    opaque leaf, the smallest part that holds it: a plain function a forward calls, else a
+    method other than forward (a detector's proposal selection, NMS and postprocessing: the
+    layers around it stay in the graph), else the submodule. The channels such a leaf reads are
+    frozen, with the reason in ``node.meta["fxprune.leaf"]``; only a submodule made a leaf
+    makes ``"auto"`` try torch.export. An opaque call that cannot run on fake tensors runs once
+    on the example itself while tracing. Forward arguments given neither in `example_inputs` nor by
     name in `example_kwargs` are traced at their defaults (the graph keeps them as placeholders
     with those defaults). Raises `InputError` for unusable input and `TraceError` when nothing
     works.
@@ -550,18 +792,28 @@ def trace(
     model = check_module(model)
     inputs = as_input_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
-    odd = [k for k, v in kwargs.items()
-           if not isinstance(v, (torch.Tensor, bool, int, float, str, type(None)))]
+    odd = [k for k, v in kwargs.items() if not isinstance(v, (bool, int, float, str, type(None)))
+           and not_tensors(v, k) is not None]
     if odd:
         raise InputError(f"example_kwargs {', '.join(odd)}: a keyword input is a tensor or a "
-                         "constant (bool, number, string, None)")
+                         "constant (bool, number, string, None), or a list, tuple or dict of "
+                         "tensors, nested")
     if isinstance(model, torch.fx.GraphModule):
         gm, leaves, how = model, {}, model.meta.get(CAPTURE_KEY, "symbolic")
-    elif capture == "export":
-        gm, leaves, how = _export(model, inputs, kwargs), {}, "export"
     else:
-        gm, leaves, how = _capture_symbolic(model, inputs, kwargs, tuple(leaf_modules),
-                                            fallback=capture == "auto")
+        try:
+            if capture == "export":
+                gm, leaves, how = _export(model, inputs, kwargs), {}, "export"
+            else:
+                gm, leaves, how = _capture_symbolic(model, inputs, kwargs, tuple(leaf_modules),
+                                                    fallback=capture == "auto")
+        except (TraceError, InputError) as exc:
+            if not isinstance(example_inputs, list) or len(example_inputs) < 2:
+                raise
+            raise type(exc)(f"{exc} (example_inputs, a list of {len(example_inputs)} tensors, "
+                            f"are {len(example_inputs)} inputs: for a model that takes one list "
+                            "of tensors, such as a detector's images, pass ([image1, image2],))"
+                            ) from exc
     gm.meta[CAPTURE_KEY] = how
     inputs = _placeholder_values(gm.graph, inputs, kwargs)
     for node in list(gm.graph.nodes):

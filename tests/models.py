@@ -528,3 +528,47 @@ class Literals(nn.Module):
 
 
 MODELS["literals"] = (Literals, (2, 3, 4, 4), torch.float32)
+
+
+class FrozenNorm(nn.Module):
+    """conv -> torchvision's FrozenBatchNorm2d (its statistics, weight and bias are buffers)
+    -> relu -> conv: the norm is sliced with the conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        self.conv, self.norm, self.head = nn.Conv2d(3, 6, 3), FrozenBatchNorm2d(6), nn.Conv2d(6, 2, 1)
+        for name in ("weight", "bias", "running_mean"):
+            self.norm.get_buffer(name).normal_()
+        self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.norm(self.conv(x))))
+
+
+class TinyDetector(nn.Module):
+    """A detector's interface: a list of images in, a list of dicts out. Two methods read
+    values (branch on them), so each is traced as one opaque call: `prepare` returns a None
+    the forward tests, `select` picks locations per image; the layers between them prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = _cbr(3, 8), nn.Conv2d(8, 3, 1)
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        x, extra = self.prepare(images)
+        if extra is not None:
+            x = x + extra
+        return self.select(self.head(self.body(x)).flatten(2))
+
+    def prepare(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = torch.stack(images)
+        return (x, None) if x.abs().max() >= 0 else (x, x)
+
+    def select(self, scores: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for s in scores:  # per image: (classes, locations)
+            keep = torch.nonzero(s.amax(0) > 0).flatten()
+            out.append({"scores": s.amax(0)[keep], "labels": s[:, keep].argmax(0)})
+        return out

@@ -12,7 +12,13 @@ import time
 from collections.abc import Sequence
 
 from fxprune import atomic
-from fxprune.app.model_specs import default_shape, example_inputs, load_model, parse_shape
+from fxprune.app.model_specs import (
+    default_shape,
+    example_inputs,
+    is_detector,
+    load_model,
+    parse_shape,
+)
 from fxprune.coverage import coverage
 from fxprune.errors import FxPruneError, InputError
 from fxprune.graph import ChannelGraph, ChannelGroup
@@ -94,6 +100,9 @@ def _export(args: argparse.Namespace) -> int:
     from fxprune.export.onnx import export_onnx
 
     shape = parse_shape(args.input_shape) if args.input_shape else None  # refused before loading
+    if is_detector(args.model):
+        raise InputError("export writes models whose inputs are tensors; a detector takes a list "
+                         "of images: inspect it here, and prune it in Python")
     if args.compare and args.model.startswith("hf:"):
         raise InputError("--compare times models that take one input tensor; an hf:DIR model "
                          "takes keyword inputs: export it without --compare")
@@ -118,6 +127,10 @@ def _prune(args: argparse.Namespace) -> int:
     from fxprune.app.job import Job, JobConfig, init_distributed
     from fxprune.pruner import describe_undecided
 
+    if is_detector(args.model or ""):
+        raise InputError("prune trains an image classifier on --data, which a detector is not: "
+                         "prune it in Python (fxprune.trace(model, ([image1, image2],)), then "
+                         "prune_channels)")
     if (args.model or "").startswith("hf:"):
         raise InputError("prune trains an image classifier on --data, which an hf:DIR model "
                          "is not: inspect and export it here, and prune it in Python "

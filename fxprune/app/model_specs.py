@@ -42,14 +42,7 @@ def load_model(spec: str) -> nn.Module:
             raise InputError(f"fxprune's zoo has no '{name}': choose one of {', '.join(factories)}")
         return factories[name]().eval()
     if kind == "torchvision":
-        import torchvision
-
-        known = torchvision.models.list_models(module=torchvision.models)
-        if name not in known:
-            close = [k for k in known if name.split("_")[0] in k][:5]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise InputError(f"torchvision has no classification model '{name}'{hint}")
-        return torchvision.models.get_model(name).eval()
+        return _torchvision_model(name)
     if kind == "timm":
         return _timm_model(name)
     if kind == "hf":
@@ -72,6 +65,37 @@ def load_model(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise InputError(f"{path}:{name}() returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
+
+
+def _torchvision_tasks() -> dict[str, str]:
+    """Every torchvision model name -> its task: classification, detection or segmentation."""
+    import torchvision
+
+    tasks = {"classification": torchvision.models, "detection": torchvision.models.detection,
+             "segmentation": torchvision.models.segmentation}
+    return {n: task for task, module in tasks.items()
+            for n in torchvision.models.list_models(module=module)}
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    import torchvision
+
+    known = _torchvision_tasks()
+    if name not in known:
+        close = [k for k in known if name.split("_")[0] in k][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"torchvision has no classification model '{name}', nor a detection or "
+                         f"segmentation one{hint}")
+    if known[name] == "classification":
+        return torchvision.models.get_model(name).eval()
+    # their builders take a pretrained backbone by default: nothing is downloaded here
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
+
+
+def is_detector(spec: str) -> bool:
+    """Whether `spec` names a torchvision detection model (its input is a list of images)."""
+    kind, _, name = spec.partition(":")
+    return kind == "torchvision" and _torchvision_tasks().get(name) == "detection"
 
 
 def _timm_model(name: str) -> nn.Module:
@@ -192,10 +216,14 @@ def input_size(name: str) -> int:
 
 
 def default_shape(spec: str, model: nn.Module | None = None) -> tuple[int, ...]:
-    """The input shape a model is defined for: a Hugging Face model's (`hf_shape`), a timm
-    model's own (its pretrained config), else a torchvision classifier's."""
+    """The input shape a model is defined for: a Hugging Face model's (`hf_shape`), a
+    torchvision detector's (one image of the size it resizes to), a timm model's own (its
+    pretrained config), else a torchvision classifier's."""
     if spec.startswith("hf:") and model is not None:
         return hf_shape(model)
+    if is_detector(spec):  # one image of the size its transform resizes to (SSD's 300, 800)
+        size = getattr(getattr(model, "transform", None), "min_size", (800,))[0]
+        return (1, 3, size, size)
     config = getattr(model, "pretrained_cfg", None)
     if isinstance(config, dict) and len(config.get("input_size", ())) == 3:
         return (1, *config["input_size"])
@@ -226,11 +254,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def example_inputs(spec: str, model: nn.Module, shape: tuple[int, ...],
-                   dtype: str) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
-    """What a model named on the command line runs on: one tensor of `shape`, or for hf:DIR
-    its keyword inputs (`hf_inputs`)."""
+                   dtype: str) -> tuple[tuple[object, ...], dict[str, torch.Tensor]]:
+    """What a model named on the command line runs on: one tensor of `shape`; for a detector
+    the list of `shape[0]` images it takes; for hf:DIR its keyword inputs (`hf_inputs`)."""
     if spec.startswith("hf:"):
         return (), hf_inputs(model, shape)
+    if is_detector(spec):
+        if len(shape) != 4:
+            raise InputError(f"a detector takes --input-shape images,channels,height,width "
+                             f"(default {','.join(map(str, default_shape(spec, model)))}), got {shape}")
+        return (list(example_input(shape, dtype).unbind(0)),), {}
     return (example_input(shape, dtype),), {}
 
 

@@ -52,6 +52,9 @@ class Op:
     # inplace=True): a catalyst read only by such ops may return a view (see _Catalyse).
     fresh: bool = False
     shape: ShapeRule | None = None  # output shape without running the op (fast tracing)
+    # A module of another library that symbolic tracing keeps as one call, as it keeps torch's
+    # own: traced through, its forward's arithmetic on buffers would be folded into constants.
+    whole: bool = False
     # An ATen op that is a known function with its arguments in another order (aten.batch_norm
     # is F.batch_norm's): where each of the function's positional arguments sits in the op's.
     positions: tuple[int, ...] | None = None
@@ -233,6 +236,8 @@ def untracked_like(meta: object) -> object:
         return UNTRACKED
     if isinstance(meta, (tuple, list)):
         return tuple(untracked_like(m) for m in meta)
+    if isinstance(meta, dict):  # a detector's {"boxes": ..., "scores": ...}
+        return {k: untracked_like(m) for k, m in meta.items()}
     return UNTRACKED if meta is not None else None
 
 

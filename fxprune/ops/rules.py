@@ -240,7 +240,7 @@ def unbind(cx: Context, op: Op) -> tuple[Flow, ...]:
 def getitem(cx: Context, op: Op) -> object:
     source, index = cx.node.args
     value = cx.flow(source)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, dict)):
         return value[index]
     if not isinstance(value, Flow):
         return None
@@ -328,11 +328,11 @@ def select(cx: Context, op: Op) -> Flow:  # x.select(dim, i) / x.narrow(dim, sta
 
 
 def repeat(cx: Context, op: Op) -> Flow:
-    reps = cx.node.args[1:]
-    if len(reps) == 1 and isinstance(reps[0], (tuple, list)):
-        reps = reps[0]
-    pad = len(reps) - len(cx.shape(0))
-    return Flow({d + pad: np.tile(ids, reps[d + pad]) for d, ids in cx.tflow(0).dims.items()})
+    # the counts from the shapes: an argument may be computed from sizes (a traced value)
+    out = cx.out_shape
+    pad = len(out) - len(cx.shape(0))
+    return Flow({d + pad: np.tile(ids, out[d + pad] // len(ids))
+                 for d, ids in cx.tflow(0).dims.items()})
 
 
 def repeat_interleave(cx: Context, op: Op) -> Flow:
@@ -798,6 +798,31 @@ def patch_merging_pad(cx: Context, op: Op) -> Flow:
     flow = cx.tflow(0)
     last = len(cx.shape(0)) - 1
     return Flow({last: np.tile(flow.dims[last], 4)}) if last in flow.dims else UNTRACKED
+
+
+def sizes_only(cx: Context, op: Op) -> object:
+    """An op that reads only the sizes of its tensor inputs (torchvision's RoI pooler working
+    out its scales from the feature maps' sizes): no channels flow through it."""
+    return untracked_like(cx.node.meta.get("tensor_meta"))
+
+
+def pick_features(cx: Context, op: Op) -> object:
+    """torchvision's RoI pooler selecting feature maps by name (``_filter_input(x, names)``):
+    the list of the named maps, each with its own channels."""
+    x, names = cx.arg(0, "x"), cx.arg(1, "featmap_names")
+    if not isinstance(x, dict):  # a dict made by an op, not in the graph: nothing to follow
+        return cx.unknown("a dict of feature maps that is not built in the graph")
+    return tuple(cx.tflow(x[k]) for k in names if k in x)
+
+
+def roi_pool(cx: Context, op: Op) -> Flow:
+    """torchvision's multi-scale RoI pooling (``_multiscale_roi_align(maps, boxes, ...)``):
+    each box is pooled channel by channel from one of the maps, so every map's channels and the
+    output's dim 1 are one space; a zero channel pools to zero."""
+    levels = cx.sequence(cx.arg(0, "x_filtered"))
+    width = cx.out_shape[1]
+    operands = [(Flow({1: f.dims[1]} if 1 in f.dims else {}), (1, shape[1])) for f, shape in levels]
+    return fl.elementwise(cx.atoms, operands, (1, width), cx.where)
 
 
 # --- where a split keeps its channels ---------------------------------------------------------

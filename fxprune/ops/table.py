@@ -295,6 +295,10 @@ NAMED_FUNCTIONS: dict[str, Op] = {
     "torchvision.models.swin_transformer.shifted_window_attention": Op(
         flow=rules.shifted_window_attention),
     "torchvision.models.swin_transformer._patch_merging_pad": Op(flow=rules.patch_merging_pad),
+    # the fx-wrapped parts of torchvision's MultiScaleRoIAlign (detection's box and mask heads)
+    "torchvision.ops.poolers._setup_scales": Op(flow=rules.sizes_only),
+    "torchvision.ops.poolers._filter_input": Op(flow=rules.pick_features),
+    "torchvision.ops.poolers._multiscale_roi_align": Op(flow=rules.roi_pool),
 }
 
 
@@ -306,6 +310,9 @@ NAMED_MODULES: dict[str, Op] = {
     "timm.layers.conv2d_same.Conv2dSame": replace(_CONV, shape=None),
     "timm.layers.pool2d_same.MaxPool2dSame": POOL,
     "timm.layers.pool2d_same.AvgPool2dSame": POOL,
+    # a BatchNorm2d whose statistics, weight and bias are buffers (detection backbones')
+    "torchvision.ops.misc.FrozenBatchNorm2d": replace(_BATCHNORM, sync=None, norm=False,
+                                                      whole=True),
     # GPT-2's linear layers: addmm(bias, x, weight) with the weight stored (in, out)
     "transformers.pytorch_utils.Conv1D": Op(
         flow=rules.linear, out_params={"weight": 1, "bias": 0}, in_params={"weight": 0},

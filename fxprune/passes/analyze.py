@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import types
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -80,7 +81,9 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
     if entry is None:
         leaf = node.meta.get(LEAF_KEY)
         if leaf is not None:
-            return cx.unknown(f"submodule '{leaf.module}' {leaf.reason}")
+            kind = ("submodule" if node.op == "call_module" else
+                    "method" if isinstance(node.target, types.MethodType) else "function")
+            return cx.unknown(f"{kind} '{leaf.module}' {leaf.reason}")
         name = _describe_op(node, module)
         return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
     cx.entry = entry
