@@ -241,6 +241,9 @@ def latency_table(
     if batch < 1 or step < 1:
         raise InputError(f"batch and step must be at least 1, got {batch} and {step}")
     inputs = as_input_tuple(example_inputs)
+    if not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise InputError("latency_table times models whose inputs are tensors (one per forward "
+                         "argument); a list of images (a detector's) cannot be timed yet")
     gm = model if isinstance(model, torch.fx.GraphModule) else trace(model, inputs)
     graph = analyze(gm) if graph is None else graph
     kinds = _kinds(gm, graph)
@@ -249,14 +252,14 @@ def latency_table(
                                                         + len({p.kind for p in pairs})) + 8
     key = _key(gm, inputs, backend, device, batch, step, samples, checks, seed)
     store = _Store(_cache_file(cache, key), key)
-    if timer is None:
-        timer = OnnxRuntimeTimer(gm, inputs, batch=batch, device=device, repeats=repeats)
     total, done = 1 + samples + checks, 0
 
     def timed(name: str, widths: Mapping[int, int]) -> Timing:
-        nonlocal done
+        nonlocal done, timer
         timing = store.get(name)
         if timing is None:
+            if timer is None:  # made at the first plan the cache lacks: it times the model
+                timer = OnnxRuntimeTimer(gm, inputs, batch=batch, device=device, repeats=repeats)
             slim = prune_channels(gm, graph, _removal(graph, widths))
             timing = timer(slim, inputs)
             store.put(name, timing)

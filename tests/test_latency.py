@@ -144,10 +144,12 @@ def test_a_bad_latency_target_says_what_to_write(text: str) -> None:
         parse_target(text)
 
 
-def test_an_unknown_backend_is_refused(digits) -> None:
+def test_an_unknown_backend_or_a_list_input_is_refused(digits) -> None:
     gm, graph, x = digits
     with pytest.raises(fxprune.InputError, match="backend must be one of onnxruntime"):
         latency_table(gm, x, backend="tensorrt")
+    with pytest.raises(fxprune.InputError, match="a detector's"):
+        latency_table(gm, ([x[0], x[0]],), timer=params_timer)
 
 
 def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
