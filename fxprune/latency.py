@@ -230,7 +230,9 @@ def latency_table(
     `samples` random plans (by default 8 more than twice the coefficients) fit the curves;
     `checks` more, held out, say how well they predict. Widths are multiples of `step`
     (by default `preferred_step`).
-    `timer` replaces the backend (tests pass a deterministic one). `cache`: a folder, True
+    `timer` replaces the backend (tests pass a deterministic one); an `OnnxRuntimeTimer`
+    passed in is put on the table's scale (its reference takes the table's full time), so
+    plans timed with it later compare with the table. `cache`: a folder, True
     for ``$XDG_CACHE_HOME/fxprune/latency`` (``~/.cache`` by default), or False. `progress`
     is called with (models timed, models to time) after each.
     """
@@ -269,6 +271,10 @@ def latency_table(
         return timing
 
     full = timed("full", {})
+    if isinstance(timer, OnnxRuntimeTimer):
+        # its later timings on the table's scale, the reference taking the time the table
+        # holds for it (from the cache, perhaps from a quieter or busier hour)
+        timer.base_ms = full.ms
     shape = LatencyTable(
         key=key, backend=backend, device=device, batch=batch, step=step, full_ms=full.ms,
         spread=full.spread, checks=(), timed=total, pairs=pairs,
