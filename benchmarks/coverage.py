@@ -1,5 +1,6 @@
-"""Coverage: torchvision's classifiers, one model per timm architecture, or ten Hugging Face
-transformers families, through fxprune and through Torch-Pruning.
+"""Coverage: torchvision's classifiers, one model per timm architecture, ten Hugging Face
+transformers families, or torchvision's segmentation and detection models, through fxprune
+and through Torch-Pruning.
 
 Per model (random weights with all-zero layers given small random values, one input of the
 model's own size: 1x3x224x224 for torchvision, 299 for Inception-v3, a timm model's
@@ -20,6 +21,7 @@ cap (--cap-gb) so that one blow-up cannot take the sweep down):
     python benchmarks/coverage.py --zoo timm --list                 # writes timm_models.json
     python benchmarks/coverage.py --zoo timm [--models resnet18]    # default: all listed
     python benchmarks/coverage.py --zoo hf --timeout 300            # ten families, minutes
+    python benchmarks/coverage.py --zoo dense [--models lraspp_mobilenet_v3_large]
 
 The hf zoo (needs transformers) is tests/test_hf.py's ten families from tiny random configs
 (`hf_models`; nothing is downloaded), with keyword inputs (token ids and a padded mask, or
@@ -35,6 +37,30 @@ by parameter count whose input is at most 256 px, timm's ``test_*`` stand-ins le
 builds about a thousand models (on the meta device), so it is done once, by --list, into
 benchmarks/timm_models.json (committed, with the timm version), which the sweep and
 tests/test_timm.py read.
+
+The dense zoo (`SEGMENTERS`, `DETECTORS`; results in coverage_dense.json) is torchvision's
+segmenters (fcn_resnet50, deeplabv3_resnet50, deeplabv3_mobilenet_v3_large,
+lraspp_mobilenet_v3_large; one 1x3x224x224 input, both sides checked as a classifier is, on
+the tensors of the dict they return) and detectors (Faster R-CNN ResNet-50 FPN and MobileNet-V3 FPN, RetinaNet, FCOS, SSD300,
+SSDlite, Mask R-CNN, Keypoint R-CNN), all with ``weights=None, weights_backbone=None`` (so
+BatchNorm2d, not FrozenBatchNorm2d, and every backbone layer trainable), each detector given
+two 3x128x128 images and ``min_size=128, max_size=128`` where its builder takes them (SSD
+resizes to its own size). fxprune traces a detector with its data-dependent parts (transform,
+anchors, proposal selection, NMS, postprocessing) as opaque calls, so "slim == zeroed" there
+is `fxprune.compare_opaque_inputs`: every tensor those calls read (the heads' outputs
+before box decoding and NMS, the images, the boxes) equal in both models, each run with the
+zeroed model's opaque results; "pruned" means the pruned detector returns boxes, labels and
+scores for both images (possibly none: the weights are random); fxprune exports no detector
+to ONNX (n/a). Torch-Pruning's side follows its examples/torchvision_models/
+torchvision_pruning.py: the layers it ignores per detector family (`TP_DETECTION_IGNORED`),
+the list of images as its example input (its example ignores no segmenter layer; here the
+last classifier conv is, as a classifier's is above, so that the output keeps its classes);
+"forward" for a detector means the pruned one returns boxes, labels and scores for both
+images, and its ONNX export is torch.onnx's legacy exporter, which takes torchvision's
+detectors.
+
+    python benchmarks/coverage.py --zoo dense --timeout 1800          # all twelve (long)
+    python benchmarks/coverage.py --zoo dense --markdown              # README's table
 
 After the table, a summary: per side, the models traced, pruned, and verified (fxprune: slim
 == zeroed and ONNX parity; Torch-Pruning: forward and ONNX); then the models where fxprune's
@@ -72,6 +98,26 @@ if TYPE_CHECKING:
     from fxprune import ChannelGraph, ChannelGroup
 
 TIMM_MODELS = Path(__file__).parent / "timm_models.json"
+SEGMENTERS = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+              "lraspp_mobilenet_v3_large")
+DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+             "retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssd300_vgg16",
+             "ssdlite320_mobilenet_v3_large", "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+# Torch-Pruning's detection example (examples/torchvision_models/torchvision_pruning.py): the
+# layers it leaves unpruned, per family (the first whose prefix the model's name has)
+TP_DETECTION_IGNORED = {
+    "fasterrcnn": ("rpn.head.cls_logits", "rpn.head.bbox_pred", "backbone.fpn", "roi_heads"),
+    "fcos": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg",
+             "head.regression_head.bbox_ctrness"),
+    "keypointrcnn": ("rpn.head.cls_logits", "backbone.fpn.layer_blocks", "rpn.head.bbox_pred",
+                     "roi_heads.box_head", "roi_heads.box_predictor",
+                     "roi_heads.keypoint_predictor"),
+    "maskrcnn": ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor",
+                 "roi_heads.mask_predictor"),
+    "retinanet": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
+    "ssd": ("head",),
+}
+NA = "n/a"  # a check that does not apply to the model (a detector's ONNX export by fxprune)
 MAX_SIZE = 256  # px: the largest input a listed timm model may need
 SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
 
@@ -137,6 +183,8 @@ def build(zoo: str, name: str) -> tuple[torch.nn.Module, tuple, dict]:
         factory, kwargs, _ = hf_models()[name]
         torch.manual_seed(0)
         return factory().eval(), (), kwargs
+    if zoo == "dense":
+        return build_dense(name)
     spec = f"{zoo}:{name}"
     model = load_model(spec)
     if zoo == "timm" and getattr(model, "num_classes", 1000) != 1000:
@@ -144,6 +192,28 @@ def build(zoo: str, name: str) -> tuple[torch.nn.Module, tuple, dict]:
         # width at the output, and an ImageNet-22k head (TinyViT's 21,841) outweigh the rest
         model.reset_classifier(1000)
     return model, (torch.randn(default_shape(spec, model)),), {}
+
+
+def build_dense(name: str) -> tuple[torch.nn.Module, tuple, dict]:
+    """A segmenter with one 1x3x224x224 input, or a detector with its list of two 3x128x128
+    images (resized to 128 px where the builder takes min_size and max_size); random weights,
+    nothing downloaded."""
+    if name not in SEGMENTERS + DETECTORS:
+        raise ValueError(f"the dense zoo has no {name}: choose from {', '.join(SEGMENTERS + DETECTORS)}")
+    small = {"min_size": 128, "max_size": 128} if name in DETECTORS and not name.startswith("ssd") else {}
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **small).eval()
+    if name in SEGMENTERS:
+        return model, (torch.randn(1, 3, 224, 224),), {}
+    return model, ([torch.rand(3, 128, 128), torch.rand(3, 128, 128)],), {}
+
+
+def detects(output: object, images: int) -> bool:
+    """A detector's output: for every image, boxes (n, 4), labels and scores (n,)."""
+    return isinstance(output, list) and len(output) == images and all(
+        found["boxes"].shape == (len(found["boxes"]), 4)
+        and found["labels"].shape == found["scores"].shape == (len(found["boxes"]),)
+        for found in output)
 
 
 def tensors(output: object) -> list[torch.Tensor]:
@@ -185,6 +255,7 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     import fxprune
     from fxprune.app.model_specs import randomize_zero_parameters
     from fxprune.passes.plan import random_request
+    from fxprune.trace import LEAF_KEY
 
     model, args, kwargs = build(zoo, name)
     model = randomize_zero_parameters(model)
@@ -196,11 +267,24 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     out["share"] = round(fxprune.coverage(gm, graph).share, 4)
     out["frozen_reason"] = top_frozen_reason(gm, graph)
     exact = random_request(graph, 0.3, 0, exact_only=True)
-    with torch.no_grad():
-        a = fxprune.prune_channels(gm, graph, exact)(*args, **kwargs)
-        b = fxprune.zero_channels(gm, graph, exact)(*args, **kwargs)
-    out["zero_equivalent"] = relative_difference(a, b) <= 1e-5
+    slim = fxprune.prune_channels(gm, graph, exact)
+    zeroed = fxprune.zero_channels(gm, graph, exact)
+    if any(LEAF_KEY in n.meta for n in gm.graph.nodes) and not kwargs:
+        # opaque calls (a detector's NMS) make the outputs a fragile comparison: compare what
+        # those calls read
+        found = fxprune.compare_opaque_inputs(slim, zeroed, args)
+        out["opaque_inputs_compared"] = len(found)
+        out["zero_equivalent"] = bool(found) and max(found.values()) <= 1e-5
+    else:
+        with torch.no_grad():
+            out["zero_equivalent"] = relative_difference(slim(*args, **kwargs),
+                                                         zeroed(*args, **kwargs)) <= 1e-5
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
+    if zoo == "dense" and name in DETECTORS:
+        with torch.no_grad():
+            out["pruned"] = detects(slim(*args), len(args[0]))
+        out["onnx_parity"] = NA  # the opaque calls are Python that the exporter cannot take
+        return
     out["pruned"] = True
     report = fxprune.export_onnx(slim, args, folder / "fx.onnx", example_kwargs=kwargs)
     out["onnx_parity"] = report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
@@ -244,9 +328,12 @@ def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     if zoo == "hf":
         torch_pruning_hf_side(name, folder, out)
         return
+    if zoo == "dense" and name in DETECTORS:
+        torch_pruning_detection_side(name, folder, out)
+        return
     model, (x,), _ = build(zoo, name)
     with torch.no_grad():
-        shape = model(x).shape
+        shapes = [t.shape for t in tensors(model(x))]  # a segmenter returns a dict
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
                                        pruning_ratio=0.3, ignored_layers=_classifier(zoo, model))
     out["graph"] = True
@@ -257,8 +344,35 @@ def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     touched = sum(w for n, w in before.items() if after[n] < w)
     out["share"] = round(touched / sum(before.values()), 4) if before else 0.0
     with torch.no_grad():
-        out["forward"] = tuple(model(x).shape) == tuple(shape)
+        out["forward"] = [t.shape for t in tensors(model(x))] == shapes
     torch.onnx.export(model, (x,), str(folder / "tp.onnx"), dynamo=False)
+    out["onnx"] = True
+
+
+def torch_pruning_detection_side(name: str, folder: Path, out: dict) -> None:
+    """Torch-Pruning's protocol for detectors (its examples/torchvision_models/
+    torchvision_pruning.py): the list of images as the example input, the layers its example
+    ignores for the family left alone; 30% pruned with MagnitudeImportance as above. The
+    pruned detector is exported with the legacy exporter, as torchvision's detectors are."""
+    import torch_pruning as tp
+
+    model, (images,), _ = build("dense", name)
+    family = next(prefix for prefix in TP_DETECTION_IGNORED if name.startswith(prefix))
+    ignored = [model.get_submodule(path) for path in TP_DETECTION_IGNORED[family]]
+    pruner = tp.pruner.MagnitudePruner(model, images, tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=0.3, ignored_layers=ignored)
+    out["graph"] = True
+    before = _widths(model)
+    pruner.step()
+    out["pruned"] = True
+    after = _widths(model)
+    touched = sum(w for n, w in before.items() if after[n] < w)
+    out["share"] = round(touched / sum(before.values()), 4)
+    with torch.no_grad():
+        found = model(images)
+    out["runs"] = True
+    out["forward"] = detects(found, len(images))
+    torch.onnx.export(model, (images,), str(folder / "tp.onnx"), dynamo=False)
     out["onnx"] = True
 
 
@@ -419,11 +533,19 @@ FX_KEYS = ["traced", "analysed", "pruned", "zero_equivalent", "onnx_parity"]
 TP_KEYS = ["graph", "pruned", "forward", "onnx"]
 
 
+def passed(r: dict, key: str) -> bool:
+    """The step held, or does not apply (`NA`)."""
+    value = r.get(key)
+    return value == NA or (not isinstance(value, str) and bool(value))
+
+
 def cell(r: dict, keys: list[str]) -> str:
     if "error" in r:
-        done = [k for k in keys if r.get(k)]
+        done = [k for k in keys if passed(r, k)]
         return f"{'/'.join(done) or 'nothing'}; failed: {r['error']}"
-    return "yes" if all(r.get(k) for k in keys) else "no: " + ", ".join(k for k in keys if not r.get(k))
+    if all(passed(r, k) for k in keys):
+        return "yes" + "".join(f" ({k} {NA})" for k in keys if r.get(k) == NA)
+    return "no: " + ", ".join(k for k in keys if not passed(r, k))
 
 
 def share(r: dict) -> str:
@@ -431,7 +553,7 @@ def share(r: dict) -> str:
 
 
 def held(r: dict, keys: list[str]) -> bool:
-    return "error" not in r and all(r.get(k) for k in keys)
+    return "error" not in r and all(passed(r, k) for k in keys)
 
 
 def summarise(rows: list[dict]) -> None:
@@ -440,7 +562,7 @@ def summarise(rows: list[dict]) -> None:
              ("Torch-Pruning", "torch_pruning", ["graph"], ["pruned"], ["forward", "onnx"]))
     n = len(rows)
     for title, key, traced, pruned, verified in sides:
-        counts = [sum(all(r[key].get(k) for k in keys) for r in rows) for keys in (traced, pruned)]
+        counts = [sum(all(passed(r[key], k) for k in keys) for r in rows) for keys in (traced, pruned)]
         counts.append(sum(held(r[key], verified) for r in rows))
         print(f"{title}: traced {counts[0]} of {n}, pruned {counts[1]} of {n}, "
               f"verified {counts[2]} of {n}")
@@ -498,14 +620,15 @@ def _short(text: str, n: int = 100) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--zoo", choices=("torchvision", "timm", "hf"), default="torchvision")
+    parser.add_argument("--zoo", choices=("torchvision", "timm", "hf", "dense"), default="torchvision")
     parser.add_argument("--models")
     parser.add_argument("--list", action="store_true",
                         help=f"timm: choose one model per architecture module into {TIMM_MODELS}")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--cap-gb", type=float, default=16.0, help="address-space cap per side")
     parser.add_argument("--json", help="default: benchmarks/results/coverage.json (torchvision), "
-                                       "coverage_timm.json (timm), coverage_hf.json (hf)")
+                                       "coverage_timm.json (timm), coverage_hf.json (hf), "
+                                       "coverage_dense.json (dense)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in --json")
     parser.add_argument("--markdown", action="store_true",
                         help="print README's table of the rows in --json; run nothing")
@@ -528,7 +651,8 @@ def main() -> int:
 
     json_path = args.json or {"torchvision": "benchmarks/results/coverage.json",
                               "timm": "benchmarks/results/coverage_timm.json",
-                              "hf": "benchmarks/results/coverage_hf.json"}[args.zoo]
+                              "hf": "benchmarks/results/coverage_hf.json",
+                              "dense": "benchmarks/results/coverage_dense.json"}[args.zoo]
     done = {}
     if not args.fresh and Path(json_path).exists():
         done = {r["model"]: r for r in json.loads(Path(json_path).read_text())}
@@ -543,6 +667,8 @@ def main() -> int:
         names = timm_names()
     elif args.zoo == "hf":
         names = list(HF_NAMES)
+    elif args.zoo == "dense":
+        names = list(SEGMENTERS + DETECTORS)
     else:
         names = torchvision.models.list_models(module=torchvision.models)
     print("| model | fxprune: traced, analysed, pruned, slim == zeroed, ONNX parity | fxprune share "

@@ -9,6 +9,7 @@ The pipeline, in the order data flows through it:
     fxprune.catalyst_penalty(ext)               # ||DW||_{2,1}; CatalystPruner drives it all
     slim = fxprune.prune_channels(gm, graph, {group_id: [channels]})  # surgery (passes/slim.py)
     ref = fxprune.zero_channels(gm, graph, {group_id: [channels]})    # its reference (passes/zero.py)
+    fxprune.compare_opaque_inputs(slim, ref, example_inputs)  # where opaque calls (NMS) sit (replay.py)
     fxprune.cost(slim, example_inputs)          # MACs, FLOPs, parameters
     fxprune.latency_table(gm, example_inputs)   # measured onnxruntime latency per group width
     fxprune.save(slim, example_inputs, "slim.pt2"); fxprune.load("slim.pt2")
@@ -35,6 +36,7 @@ from fxprune.passes.catalyst import catalyst_penalty, insert_catalysts
 from fxprune.passes.slim import prune_channels
 from fxprune.passes.zero import zero_channels
 from fxprune.pruner import CatalystPruner
+from fxprune.replay import compare_opaque_inputs
 from fxprune.save import load, save
 from fxprune.trace import trace
 
@@ -56,6 +58,7 @@ __all__ = [
     "TraceError",
     "analyze",
     "catalyst_penalty",
+    "compare_opaque_inputs",
     "cost",
     "coverage",
     "deploy_report",

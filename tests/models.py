@@ -430,6 +430,113 @@ class Generator(nn.Module):
         return a + b + c + d + e
 
 
+class DCGAN(nn.Module):
+    """DCGAN's generator: a linear viewed as (16, 4, 4), then transposed convs with BatchNorm
+    up to an image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.bn0 = nn.Linear(4, 16 * 4 * 4), nn.BatchNorm2d(16)
+        self.up1, self.bn1 = nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8)
+        self.up2 = nn.ConvTranspose2d(8, 3, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, 4)
+        x = F.relu(self.bn0(self.fc(z).view(-1, 16, 4, 4)))
+        return torch.tanh(self.up2(F.relu(self.bn1(self.up1(x)))))
+
+
+class VAEDecoder(nn.Module):
+    """A VAE's decoder: a linear unflattened to (8, 2, 2), transposed convs, a sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8 * 2 * 2)
+        self.up1, self.up2 = nn.ConvTranspose2d(8, 6, 2, stride=2), nn.ConvTranspose2d(6, 3, 2, stride=2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, 4)
+        x = F.relu(self.fc(z)).unflatten(1, (8, 2, 2))
+        return torch.sigmoid(self.up2(F.relu(self.up1(x))))
+
+
+class AutoEncoder(nn.Module):
+    """A conv autoencoder: down by space-to-depth (F.pixel_unshuffle: each channel becomes
+    2x2 = 4) and a strided conv, up by transposed convs to the input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1, self.enc2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(16, 12, 3, 2, 1)
+        self.dec1 = nn.ConvTranspose2d(12, 8, 3, 2, 1, output_padding=1)
+        self.dec2 = nn.ConvTranspose2d(8, 3, 3, 2, 1, output_padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.relu(self.enc2(F.pixel_unshuffle(F.relu(self.enc1(x)), 2)))
+        return torch.sigmoid(self.dec2(F.relu(self.dec1(z))))
+
+
+class ESPCN(nn.Module):
+    """ESPCN's sub-pixel upscaling, twice: a conv makes r*r channels per channel of the next
+    stage and pixel shuffle (F.pixel_shuffle, then nn.PixelShuffle) spreads them over space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 5, padding=2), nn.Conv2d(8, 4 * 2 * 2, 3, padding=1)
+        self.c3, self.shuffle = nn.Conv2d(4, 3 * 2 * 2, 3, padding=1), nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_shuffle(self.c2(torch.tanh(self.c1(x))), 2)
+        return self.shuffle(self.c3(torch.tanh(x)))
+
+
+class UNet(nn.Module):
+    """A small U-Net: two levels down by strided convs, up by transposed convs, each level's
+    features concatenated with the upsampled ones before a conv; the output conv reads the
+    input image beside the features (whose channels stay)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d1, self.d2 = _cbr(3, 4), nn.Conv2d(4, 8, 3, 2, 1)
+        self.mid = nn.Conv2d(8, 8, 3, 2, 1)
+        self.up2, self.u2 = nn.ConvTranspose2d(8, 6, 2, stride=2), nn.Conv2d(6 + 8, 6, 3, padding=1)
+        self.up1, self.u1 = nn.ConvTranspose2d(6, 4, 2, stride=2), nn.Conv2d(4 + 4, 4, 3, padding=1)
+        self.out = nn.Conv2d(4 + 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s1 = self.d1(x)
+        s2 = F.relu(self.d2(s1))
+        m = F.relu(self.mid(s2))
+        y = F.relu(self.u2(torch.cat([self.up2(m), s2], 1)))
+        y = F.relu(self.u1(torch.cat([s1, self.up1(y)], 1)))
+        return self.out(torch.cat([y, x], 1))
+
+
+class DiffusionBlock(nn.Module):
+    """A diffusion U-Net's block: a sinusoidal time embedding through a Linear added as
+    (N, C, 1, 1), GroupNorm and SiLU around convs, a residual, and one-head self-attention over
+    the spatial positions (q, k, v from one 1x1 conv) with its own GroupNorm and residual. The
+    time is the noise level read from the input, so that one tensor goes in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.time = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 8)
+        self.register_buffer("freqs", torch.tensor([1.0, 10.0]))
+        self.norm1, self.conv1 = nn.GroupNorm(4, 8), nn.Conv2d(8, 8, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(4, 8), nn.Conv2d(8, 8, 3, padding=1)
+        self.attn_norm, self.qkv = nn.GroupNorm(4, 8), nn.Conv2d(8, 3 * 6, 1)
+        self.proj, self.out = nn.Conv2d(6, 8, 1), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = x.flatten(1).std(1, keepdim=True) * self.freqs  # (N, 2)
+        t = self.time(torch.cat([angles.sin(), angles.cos()], 1))
+        x = self.inp(x)
+        h = self.conv1(F.silu(self.norm1(x))) + t[:, :, None, None]
+        x = x + self.conv2(F.silu(self.norm2(h)))
+        n, _, height, width = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).flatten(2).chunk(3, dim=1)  # (N, 6, HW) each
+        attn = (q.transpose(1, 2) @ k * 6 ** -0.5).softmax(dim=-1)  # (N, HW, HW)
+        y = (v @ attn.transpose(1, 2)).view(n, 6, height, width)
+        return self.out(x + self.proj(y))
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -488,6 +595,12 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "functional": (Functional, (2, 3, 4, 4), torch.float32),
     "subclassed": (Subclassed, (2, 3, 4, 4), torch.float32),
     "generator": (Generator, (2, 3), torch.float32),
+    "dcgan": (DCGAN, (2, 4), torch.float32),
+    "vae_decoder": (VAEDecoder, (2, 4), torch.float32),
+    "autoencoder": (AutoEncoder, (2, 3, 8, 8), torch.float32),
+    "espcn": (ESPCN, (2, 3, 8, 8), torch.float32),
+    "unet": (UNet, (2, 3, 8, 8), torch.float32),
+    "diffusion_block": (DiffusionBlock, (2, 3, 8, 8), torch.float32),
     "grouped_query": (GroupedQuery, (2, 5, 3), torch.float32),
 }
 
@@ -572,3 +685,4 @@ class TinyDetector(nn.Module):
             keep = torch.nonzero(s.amax(0) > 0).flatten()
             out.append({"scores": s.amax(0)[keep], "labels": s[:, keep].argmax(0)})
         return out
+

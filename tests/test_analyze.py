@@ -157,6 +157,54 @@ EXPECTED = {
         S(*(f"up_{f}.{p}" for f in ("view", "unflatten", "reshape", "last", "middle")
             for p in ("weight:1", "bias:0"))): (2, F, EXACT),
     },
+    # generators and decoders: the conv input channels that read a linear's or a transposed
+    # conv's outputs are in their group
+    "dcgan": {
+        # each of the 16 channels of the (16, 4, 4) view owns 16 rows of fc
+        S("fc.weight:0", "fc.bias:0", *_bn("bn0"), "up1.weight:0"): (16, P, EXACT),
+        S("up1.weight:1", *_bn("bn1"), "up2.weight:0"): (8, P, EXACT),
+        S("up2.weight:1", "up2.bias:0"): (3, F, EXACT),
+    },
+    "vae_decoder": {
+        S("fc.weight:0", "fc.bias:0", "up1.weight:0"): (8, P, EXACT),
+        S("up1.weight:1", "up1.bias:0", "up2.weight:0"): (6, P, EXACT),
+        S("up2.weight:1", "up2.bias:0"): (3, F, EXACT),
+    },
+    "autoencoder": {
+        S("enc1.weight:0", "enc1.bias:0", "enc2.weight:1"): (4, P, EXACT),  # 4 columns each
+        S("enc2.weight:0", "enc2.bias:0", "dec1.weight:0"): (12, P, EXACT),
+        S("dec1.weight:1", "dec1.bias:0", "dec2.weight:0"): (8, P, EXACT),
+        S("dec2.weight:1", "dec2.bias:0"): (3, F, EXACT),
+    },
+    "espcn": {
+        S("c1.weight:0", "c1.bias:0", "c2.weight:1"): (8, P, EXACT),
+        # each of c3's 4 input channels owns 2x2 = 4 rows of c2
+        S("c2.weight:0", "c2.bias:0", "c3.weight:1"): (4, P, EXACT),
+        S("c3.weight:0", "c3.bias:0"): (3, F, EXACT),  # 3 output colours of 2x2 sub-pixels
+    },
+    "unet": {
+        # the skip connections: each level's channels are read again after the cat
+        S("d1.0.weight:0", *_bn("d1.1"), "d2.weight:1", "u1.weight:1"): (4, P, EXACT),
+        S("d2.weight:0", "d2.bias:0", "mid.weight:1", "u2.weight:1"): (8, P, EXACT),
+        S("mid.weight:0", "mid.bias:0", "up2.weight:0"): (8, P, EXACT),
+        S("up2.weight:1", "up2.bias:0", "u2.weight:1"): (6, P, EXACT),
+        S("u2.weight:0", "u2.bias:0", "up1.weight:0"): (6, P, EXACT),
+        S("up1.weight:1", "up1.bias:0", "u1.weight:1"): (4, P, EXACT),
+        S("u1.weight:0", "u1.bias:0", "out.weight:1"): (4, P, EXACT),  # the image's 3 stay
+        S("out.weight:0", "out.bias:0"): (2, F, EXACT),
+    },
+    "diffusion_block": {
+        # the residual stream, in 4 GroupNorm groups of 2
+        S("inp.weight:0", "inp.bias:0", "norm1.weight:0", "norm1.bias:0", "conv1.weight:1",
+          "conv2.weight:0", "conv2.bias:0", "attn_norm.weight:0", "attn_norm.bias:0",
+          "qkv.weight:1", "proj.weight:0", "proj.bias:0", "out.weight:1"): (4, P, EXACT),
+        # the block's inner width: the time embedding's Linear added to conv1's outputs
+        S("conv1.weight:0", "conv1.bias:0", "time.weight:0", "time.bias:0", "norm2.weight:0",
+          "norm2.bias:0", "conv2.weight:1"): (4, P, EXACT),
+        # attention: 6 pairs of q and k channels, and 6 channels of v
+        S("qkv.weight:0", "qkv.bias:0", "proj.weight:1"): (12, P, EXACT),
+        S("out.weight:0", "out.bias:0"): (3, F, EXACT),
+    },
     "grouped_query": {
         S("embed.weight:0", "embed.bias:0", "norm:0", "q.weight:1", "k.weight:1", "v.weight:1",
           "o.weight:0", "o.bias:0", "gate.weight:1", "up.weight:1", "down.weight:0",
@@ -270,6 +318,33 @@ def test_a_linear_viewed_as_channels_and_space_keeps_its_outermost_channels() ->
     g = group_with(analyze("generator"), "fc_middle.weight", 0)  # (H, C, W): 2 rows in 8
     assert member(g, "fc_middle.weight", 0).index_map == tuple(
         c for _ in range(2) for c in range(4) for _ in range(2))
+
+
+def test_generators_and_decoders_give_each_channel_its_share_of_the_layer_before() -> None:
+    g = group_with(analyze("dcgan"), "fc.weight", 0)  # (16, 4, 4): 16 rows per channel
+    assert member(g, "fc.weight", 0).index_map == tuple(c for c in range(16) for _ in range(16))
+    assert member(g, "up1.weight", 0).index_map == tuple(range(16))
+    g = group_with(analyze("vae_decoder"), "fc.weight", 0)  # unflatten to (8, 2, 2)
+    assert member(g, "fc.weight", 0).index_map == tuple(c for c in range(8) for _ in range(4))
+    unet = analyze("unet")  # cat([up2(m), s2]) and cat([s1, up1(y)])
+    assert member(group_with(unet, "up2.weight", 1), "u2.weight", 1).index_map == (
+        tuple(range(6)) + (-1,) * 8)
+    assert member(group_with(unet, "d2.weight", 0), "u2.weight", 1).index_map == (
+        (-1,) * 6 + tuple(range(8)))
+    assert member(group_with(unet, "up1.weight", 1), "u1.weight", 1).index_map == (
+        (-1,) * 4 + tuple(range(4)))
+    assert member(group_with(unet, "u1.weight", 0), "out.weight", 1).index_map == (
+        (0, 1, 2, 3) + (-1,) * 3)  # cat([y, x]): the image's channels are in no group
+    g = group_with(analyze("autoencoder"), "enc1.weight", 0)  # pixel_unshuffle(2)
+    assert member(g, "enc2.weight", 1).index_map == tuple(c for c in range(4) for _ in range(4))
+    g = group_with(analyze("espcn"), "c2.weight", 0)
+    assert member(g, "c2.weight", 0).index_map == tuple(c for c in range(4) for _ in range(4))
+    g = group_with(analyze("diffusion_block"), "qkv.weight", 0)
+    # rows (q | k | v) of 6: unit i is q's and k's row i together, unit 6 + i is v's row i
+    assert member(g, "qkv.weight", 0).index_map == tuple(range(6)) * 2 + tuple(range(6, 12))
+    assert member(g, "proj.weight", 1).index_map == tuple(range(6, 12))
+    g = group_with(analyze("diffusion_block"), "time.weight", 0)
+    assert member(g, "time.weight", 0).index_map == (0, 0, 1, 1, 2, 2, 3, 3)
 
 
 def test_heads_option_is_checked() -> None:

@@ -34,9 +34,11 @@ from fxprune.pruner import CatalystPruner, spearman
 # (residual's two groups), GroupNorm and InstanceNorm (norms' two), LayerNorm (channels_last's
 # stem group; its MLP group has none), a BatchNorm2d subclass that calls F.batch_norm
 # (subclassed's first group), and bare parameters passed to F.batch_norm and F.group_norm
-# (functional's two groups; an RMS norm written out of a mean is no norm layer).
+# (functional's two groups; an RMS norm written out of a mean is no norm layer); the
+# generators' BatchNorms after a viewed linear and a transposed conv (dcgan's two), a U-Net's
+# first level, and a diffusion block's GroupNorms (its residual stream and its inner width).
 NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1, "functional": 2,
-               "generator": 1}
+               "generator": 1, "dcgan": 2, "unet": 1, "diffusion_block": 2}
 EXTENDED = [(n, "group") for n in sorted(set(MODELS) - NO_PRUNABLE_GROUP)] + [
     (n, "bn") for n in sorted(NORM_GROUPS)]
 

@@ -18,7 +18,6 @@ import torch
 import torchvision
 from helpers import summary
 from models import FrozenNorm, TinyDetector
-from torch.utils._pytree import tree_leaves
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -48,55 +47,14 @@ DEFAULT = ["fasterrcnn_mobilenet_v3_large_fpn", "ssdlite320_mobilenet_v3_large"]
 SWEEP = [name for name in COVERAGE if name not in DEFAULT]
 
 
-def _thawed(value: object) -> object:
-    """fx's immutable lists and dicts as plain ones (postprocessing writes into its dicts)."""
-    if isinstance(value, dict):
-        return {k: _thawed(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_thawed(v) for v in value) if type(value) is tuple else [
-            _thawed(v) for v in value]
-    return value
-
-
-class _Replay(torch.fx.Interpreter):
-    """Runs a graph and records the float tensors each opaque call reads; given the results
-    of another run, its opaque calls return those instead of running."""
-
-    def __init__(self, gm: torch.fx.GraphModule, given: dict[str, object] | None = None) -> None:
-        super().__init__(gm)
-        self.given, self.results, self.reads = given, {}, {}
-
-    def run_node(self, n: torch.fx.Node) -> object:
-        if LEAF_KEY not in n.meta:
-            return super().run_node(n)
-        args, kwargs = _thawed(self.fetch_args_kwargs_from_env(n))
-        self.reads[n.name] = [t for t in tree_leaves((args, kwargs))
-                              if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if self.given is not None:
-            return self.given[n.name]
-        self.results[n.name] = getattr(self, n.op)(n.target, args, kwargs)
-        return self.results[n.name]
-
-
 def assert_opaque_inputs_equal(slim: torch.fx.GraphModule, zeroed: torch.fx.GraphModule,
                                inputs: tuple[object, ...], rtol: float = 1e-5) -> int:
     """Every tensor an opaque call reads is the same in both models (relative to its scale),
     both run with the zeroed model's opaque results. Returns how many were compared."""
-    with torch.no_grad():
-        reference = _Replay(zeroed)
-        reference.run(*inputs)
-        replay = _Replay(slim, reference.results)
-        replay.run(*inputs)
-    compared = 0
-    for name, reads in reference.reads.items():
-        assert len(reads) == len(replay.reads[name]), name
-        for want, got in zip(reads, replay.reads[name]):
-            assert got.shape == want.shape, f"{name}: {tuple(got.shape)} != {tuple(want.shape)}"
-            scale = want.abs().max().clamp_min(1e-12) if want.numel() else 1.0
-            diff = float((got - want).abs().max() / scale) if want.numel() else 0.0
-            assert diff <= rtol, f"what {name} reads differs by {diff:.3g} (relative)"
-            compared += 1
-    return compared
+    found = fxprune.compare_opaque_inputs(slim, zeroed, inputs)
+    differ = {where: diff for where, diff in found.items() if not diff <= rtol}
+    assert not differ, f"what the opaque calls read differs (relative, inf: shapes): {differ}"
+    return len(found)
 
 
 def assert_detects(out: object, images: int) -> None:

@@ -375,12 +375,19 @@ def concat(atoms: Atoms, inputs: Sequence[tuple[Flow, Sequence[int]]], dim: int,
     )
     dims = dict(rest.dims)
     if any(ids is not None for ids in along):
-        if all(ids is not None for ids in along):
-            dims[dim] = np.concatenate(along)
-        else:
-            for ids in along:
-                if ids is not None:
-                    atoms.freeze(ids, f"concatenated with a tensor whose dim {dim} carries no channels at {why}")
+        # A tensor whose dim carries no channels (the model's input: a U-Net that concatenates
+        # the image with its features) keeps all of its own; frozen atoms hold its place, so
+        # that the others' channels still prune.
+        held = []
+        for ids, (_, shape) in zip(along, inputs, strict=True):
+            if ids is None and len(shape) != len(out_shape):
+                continue  # torch.cat skips an empty 1-d tensor whatever the dim
+            if ids is None:
+                ids = atoms.fresh(shape[dim])
+                atoms.freeze(ids, f"a tensor whose dim {dim} carries no channels, concatenated "
+                                  f"at {why}")
+            held.append(ids)
+        dims[dim] = np.concatenate(held)
     return Flow(dims)
 
 

@@ -162,6 +162,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     F.prelu: Op(flow=rules.functional_prelu, catalyst_after=True),
     F.channel_shuffle: Op(flow=rules.channel_shuffle),
     torch.channel_shuffle: Op(flow=rules.channel_shuffle),
+    torch.pixel_shuffle: Op(flow=rules.pixel_shuffle),  # F.pixel_shuffle is torch's
+    torch.pixel_unshuffle: Op(flow=rules.pixel_unshuffle),
 }
 
 # Tensor methods share the functions' entries (self is the first argument).
