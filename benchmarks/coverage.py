@@ -78,6 +78,7 @@ import argparse
 import contextlib
 import io
 import json
+import random
 import re
 import resource
 import subprocess
@@ -120,6 +121,7 @@ TP_DETECTION_IGNORED = {
 NA = "n/a"  # a check that does not apply to the model (a detector's ONNX export by fxprune)
 MAX_SIZE = 256  # px: the largest input a listed timm model may need
 SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
+GROUP_SAMPLE = 4  # prunable groups per model checked on their own (`prunes_alone`)
 
 
 def hf_models() -> dict[str, tuple[Callable[[], torch.nn.Module], dict, tuple[str, ...]]]:
@@ -266,19 +268,26 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     out["prunable"] = len(graph.prunable)
     out["share"] = round(fxprune.coverage(gm, graph).share, 4)
     out["frozen_reason"] = top_frozen_reason(gm, graph)
-    exact = random_request(graph, 0.3, 0, exact_only=True)
-    slim = fxprune.prune_channels(gm, graph, exact)
-    zeroed = fxprune.zero_channels(gm, graph, exact)
-    if any(LEAF_KEY in n.meta for n in gm.graph.nodes) and not kwargs:
-        # opaque calls (a detector's NMS) make the outputs a fragile comparison: compare what
-        # those calls read
-        found = fxprune.compare_opaque_inputs(slim, zeroed, args)
-        out["opaque_inputs_compared"] = len(found)
-        out["zero_equivalent"] = bool(found) and max(found.values()) <= 1e-5
-    else:
+    opaque = any(LEAF_KEY in n.meta for n in gm.graph.nodes) and not kwargs
+
+    def same(remove: dict[int, list[int]]) -> bool:
+        """slim == zeroed for `remove`; where opaque calls (a detector's NMS) make the
+        outputs a fragile comparison, on what those calls read."""
+        slim = fxprune.prune_channels(gm, graph, remove)
+        zeroed = fxprune.zero_channels(gm, graph, remove)
+        if opaque:
+            found = fxprune.compare_opaque_inputs(slim, zeroed, args)
+            out["opaque_inputs_compared"] = len(found)
+            return bool(found) and max(found.values()) <= 1e-5
         with torch.no_grad():
-            out["zero_equivalent"] = relative_difference(slim(*args, **kwargs),
-                                                         zeroed(*args, **kwargs)) <= 1e-5
+            return relative_difference(slim(*args, **kwargs), zeroed(*args, **kwargs)) <= 1e-5
+
+    out["zero_equivalent"] = same(random_request(graph, 0.3, 0, exact_only=True))
+    # the promise per group, on a sample: each prunes on its own, by one channel and by all
+    # but one, and where exact the slim model is the zeroed one
+    sample = random.Random(name).sample(graph.prunable, min(GROUP_SAMPLE, len(graph.prunable)))
+    out["groups_checked"] = len(sample)
+    out["per_group"] = all(prunes_alone(gm, graph, g, same) for g in sample)
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
     if zoo == "dense" and name in DETECTORS:
         with torch.no_grad():
@@ -292,6 +301,27 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
         out["onnx_dynamic"] = sorted({label for dims in report.dynamic_dims.values()
                                       for label in dims.values()})
         out["onnx_exporter"] = report.exporter
+
+
+def prunes_alone(gm: torch.fx.GraphModule, graph: ChannelGraph, group: ChannelGroup,
+                 same: Callable[[dict[int, list[int]]], bool]) -> bool:
+    """Whether `group` prunes on its own by one channel and by all but one (the plan may
+    refuse the latter by name where a split would empty a piece), equal to the zeroed model
+    where exact."""
+    import fxprune
+
+    for channels in ([group.channels - 1], list(range(1, group.channels))):
+        remove = {group.id: channels}
+        try:
+            if group.exact:
+                if not same(remove):
+                    return False
+            else:
+                fxprune.prune_channels(gm, graph, remove)
+        except fxprune.PruneError as exc:
+            if len(channels) == 1 or "keep at least one there" not in str(exc):
+                return False
+    return True
 
 
 def _widths(model: torch.nn.Module, embeddings: bool = False) -> dict[str, int]:
@@ -566,6 +596,11 @@ def summarise(rows: list[dict]) -> None:
         counts.append(sum(held(r[key], verified) for r in rows))
         print(f"{title}: traced {counts[0]} of {n}, pruned {counts[1]} of {n}, "
               f"verified {counts[2]} of {n}")
+    checked = [r["fxprune"] for r in rows if "per_group" in r["fxprune"]]
+    if checked:
+        print(f"fxprune, every sampled group prunes on its own (one channel, all but one; "
+              f"slim == zeroed where exact): {sum(r['per_group'] for r in checked)} of "
+              f"{len(checked)} models, {sum(r['groups_checked'] for r in checked)} groups")
     # rows written before the share columns existed (fxprune ran through, no share) are left out
     compared = [r for r in rows if "share" in r["fxprune"] or "error" in r["fxprune"]]
     below = []
