@@ -9,7 +9,9 @@ cap (--cap-gb) so that one blow-up cannot take the sweep down):
 
 - fxprune: traced, analysed, the share of conv/linear output channels in prunable groups
   (`fxprune.coverage`), 30% of every prunable group removed at random, slim == zeroed on the
-  exact groups (1e-5 relative), ONNX export with parity (`export_onnx`);
+  exact groups (1e-5 relative), ONNX export with parity (`export_onnx`); and, on a sample of
+  `GROUP_SAMPLE` prunable groups (seeded by the model's name), each group pruned on its own
+  by one channel and by all but one, slim == zeroed where exact (`per_group`);
 - Torch-Pruning: dependency graph built, 30% pruned with MagnitudeImportance (classifier
   ignored: torchvision's last Linear or Conv2d, timm's ``get_classifier()``), forward runs
   with the original output shape, ONNX export (legacy exporter). Its share is the channels
@@ -48,8 +50,8 @@ two 3x128x128 images and ``min_size=128, max_size=128`` where its builder takes 
 resizes to its own size). fxprune traces a detector with its data-dependent parts (transform,
 anchors, proposal selection, NMS, postprocessing) as opaque calls, so "slim == zeroed" there
 is `fxprune.compare_opaque_inputs`: every tensor those calls read (the heads' outputs
-before box decoding and NMS, the images, the boxes) equal in both models, each run with the
-zeroed model's opaque results; "pruned" means the pruned detector returns boxes, labels and
+before box decoding and NMS, the images, the boxes) equal in both models within
+`OPAQUE_RTOL`, each run with the zeroed model's opaque results; "pruned" means the pruned detector returns boxes, labels and
 scores for both images (possibly none: the weights are random); fxprune exports no detector
 to ONNX (n/a). Torch-Pruning's side follows its examples/torchvision_models/
 torchvision_pruning.py: the layers it ignores per detector family (`TP_DETECTION_IGNORED`),
@@ -122,6 +124,10 @@ NA = "n/a"  # a check that does not apply to the model (a detector's ONNX export
 MAX_SIZE = 256  # px: the largest input a listed timm model may need
 SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
 GROUP_SAMPLE = 4  # prunable groups per model checked on their own (`prunes_alone`)
+# What opaque calls read, slim against zeroed, relative to its largest value: float32 sums in
+# another order through ResNet-50, RoI pooling and Mask R-CNN's mask head differ by up to
+# 5e-5 when one backbone channel goes (measured on a sampled group).
+OPAQUE_RTOL = 1e-4
 
 
 def hf_models() -> dict[str, tuple[Callable[[], torch.nn.Module], dict, tuple[str, ...]]]:
@@ -278,7 +284,7 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
         if opaque:
             found = fxprune.compare_opaque_inputs(slim, zeroed, args)
             out["opaque_inputs_compared"] = len(found)
-            return bool(found) and max(found.values()) <= 1e-5
+            return bool(found) and max(found.values()) <= OPAQUE_RTOL
         with torch.no_grad():
             return relative_difference(slim(*args, **kwargs), zeroed(*args, **kwargs)) <= 1e-5
 
