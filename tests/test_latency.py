@@ -170,6 +170,8 @@ def test_the_job_meets_a_latency_target_and_reports_it(tmp_path: Path,
 def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fxprune.app.job.OnnxRuntimeTimer", lambda *a, **kw: params_timer)
+    monkeypatch.setattr("fxprune.latency.preferred_step", lambda device: STEP)
+    monkeypatch.setattr("fxprune.app.job.preferred_step", lambda device: STEP)
     cfg = JobConfig(target_latency="0.5", pretrain_epochs=2, opt1_epochs=4, finetune_epochs=0,
                     out=str(tmp_path))
     report = Job(cfg).run()
@@ -184,6 +186,8 @@ def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
     slim = fxprune.load(tmp_path / "model.pt2")
     assert params_timer(slim, ()).ms == pytest.approx(latency["after_ms"])
     assert latency["after_ms"] < latency["before_ms"]
+    # Catalyst's kept widths snap to the fast kernels' block, as the baselines' do
+    assert all(after % STEP == 0 or after == before for before, after in report["channels"].values())
 
 
 def test_groups_whose_channels_cost_more_start_further_toward_pruning(digits) -> None:

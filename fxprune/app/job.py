@@ -48,6 +48,7 @@ from fxprune.latency import (
     latency_table,
     meet_latency,
     parse_target,
+    preferred_step,
 )
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import strip_catalysts
@@ -249,6 +250,11 @@ class Job:
                                        generator=self.generator)
         self.test_loader = DataLoader(self.data.test, batch_size=256)
         self.opt1_epochs = opt1_budget(cfg, len(self.train_loader))
+        # Catalyst's kept widths for a latency target: multiples of the fast kernels' block,
+        # as the baselines' plans are (DigitsNet's odd widths ran 1.2-1.5x slower than the
+        # unpruned model at batch 32)
+        self.round_to = (math.lcm(cfg.round_to, preferred_step("cpu"))
+                         if cfg.target_latency is not None else cfg.round_to)
         if resume:
             self._extend_opt1()
         # in order, and with its own generator (a loader draws a seed per pass): re-estimating
@@ -534,7 +540,7 @@ class Job:
             per_group = latency_c(table, c) if quantity == "latency" else None
             pruner = self._catalyst_opt1(gm, c, per_group)
             converged = pruner.converged()
-            removed = pruner.decisions(round_to=cfg.round_to)
+            removed = pruner.decisions(round_to=self.round_to)
             slim = prune_channels(strip_catalysts(pruner.model), graph, removed)
             probe = CalibrationProbe(c=c, fraction=kept(slim), converged=converged)
             calibration = replace(self.state.calibration,
@@ -596,7 +602,7 @@ class Job:
             log.warning("opt1 did not converge within %d epochs (margin %.2f decades): %s; the "
                         "pruning step is not lossless", done.get("epochs", self.opt1_epochs),
                         d.margin_decades, describe_undecided(undecided))
-        intermediate = pruner.prune(force=True, round_to=cfg.round_to)
+        intermediate = pruner.prune(force=True, round_to=self.round_to)
         after = accuracy(intermediate, self.test_loader, device=self.device)
         final = pruner.finalize()
         decision = Decision(
