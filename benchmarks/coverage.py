@@ -359,7 +359,6 @@ def _classifier(zoo: str, model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
-    import torch_pruning as tp
 
     if zoo == "hf":
         torch_pruning_hf_side(name, folder, out)
@@ -370,32 +369,20 @@ def torch_pruning_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     model, (x,), _ = build(zoo, name)
     with torch.no_grad():
         shapes = [t.shape for t in tensors(model(x))]  # a segmenter returns a dict
-    pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=0.3, ignored_layers=_classifier(zoo, model))
-    out["graph"] = True
-    before = _widths(model)
-    pruner.step()
-    out["pruned"] = True
-    after = _widths(model)
-    touched = sum(w for n, w in before.items() if after[n] < w)
-    out["share"] = round(touched / sum(before.values()), 4) if before else 0.0
+    _magnitude_step(model, x, _classifier(zoo, model), out)
     with torch.no_grad():
         out["forward"] = [t.shape for t in tensors(model(x))] == shapes
     torch.onnx.export(model, (x,), str(folder / "tp.onnx"), dynamo=False)
     out["onnx"] = True
 
 
-def torch_pruning_detection_side(name: str, folder: Path, out: dict) -> None:
-    """Torch-Pruning's protocol for detectors (its examples/torchvision_models/
-    torchvision_pruning.py): the list of images as the example input, the layers its example
-    ignores for the family left alone; 30% pruned with MagnitudeImportance as above. The
-    pruned detector is exported with the legacy exporter, as torchvision's detectors are."""
+def _magnitude_step(model: torch.nn.Module, example: object, ignored: list[torch.nn.Module],
+                    out: dict) -> None:
+    """Torch-Pruning's 30% step with MagnitudeImportance, `ignored` left alone; records how
+    far it got and its share (the output channels of the layers whose width it reduced)."""
     import torch_pruning as tp
 
-    model, (images,), _ = build("dense", name)
-    family = next(prefix for prefix in TP_DETECTION_IGNORED if name.startswith(prefix))
-    ignored = [model.get_submodule(path) for path in TP_DETECTION_IGNORED[family]]
-    pruner = tp.pruner.MagnitudePruner(model, images, tp.importance.MagnitudeImportance(p=2),
+    pruner = tp.pruner.MagnitudePruner(model, example, tp.importance.MagnitudeImportance(p=2),
                                        pruning_ratio=0.3, ignored_layers=ignored)
     out["graph"] = True
     before = _widths(model)
@@ -403,7 +390,19 @@ def torch_pruning_detection_side(name: str, folder: Path, out: dict) -> None:
     out["pruned"] = True
     after = _widths(model)
     touched = sum(w for n, w in before.items() if after[n] < w)
-    out["share"] = round(touched / sum(before.values()), 4)
+    out["share"] = round(touched / sum(before.values()), 4) if before else 0.0
+
+
+def torch_pruning_detection_side(name: str, folder: Path, out: dict) -> None:
+    """Torch-Pruning's protocol for detectors (its examples/torchvision_models/
+    torchvision_pruning.py): the list of images as the example input, the layers its example
+    ignores for the family left alone; 30% pruned with MagnitudeImportance as above. The
+    pruned detector is exported with the legacy exporter, as torchvision's detectors are."""
+
+    model, (images,), _ = build("dense", name)
+    family = next(prefix for prefix in TP_DETECTION_IGNORED if name.startswith(prefix))
+    ignored = [model.get_submodule(path) for path in TP_DETECTION_IGNORED[family]]
+    _magnitude_step(model, images, ignored, out)
     with torch.no_grad():
         found = model(images)
     out["runs"] = True

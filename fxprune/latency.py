@@ -31,7 +31,7 @@ import os
 import statistics
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,9 +185,6 @@ class LatencyTable:
         if not self.checks:
             return None
         return float(np.mean([abs(c.error) for c in self.checks]))
-
-    def to_plain(self) -> dict:
-        return asdict(self)
 
     def to_markdown(self) -> str:
         lines = [f"latency table: {self.backend} on {self.device}, batch {self.batch}: full "

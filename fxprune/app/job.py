@@ -522,7 +522,7 @@ class Job:
         (`fxprune.latency.latency_c`), and each run's plan is timed."""
         cfg = self.cfg
         if cfg.target_latency is not None:
-            timer, table, target_ms = self._latency_setup(gm, graph)
+            timer, table, target_ms = self._latency_setup(copy.deepcopy(gm).cpu(), graph)
             target, quantity = target_ms / table.full_ms, "latency"
 
             def kept(slim: torch.fx.GraphModule) -> float:
@@ -662,9 +662,9 @@ class Job:
     def _latency_setup(self, model: nn.Module,
                        graph: ChannelGraph) -> tuple[Timer, LatencyTable, float]:
         """The onnxruntime timer, the model's latency table (cached in OUT/latency, so a
-        resumed job does not time it again) and the target in milliseconds."""
+        resumed job does not time it again) and the target in milliseconds. `model` is a CPU
+        copy: onnxruntime times it on the CPU."""
         cfg = self.cfg
-        model = copy.deepcopy(model).cpu()  # onnxruntime times it on the CPU
         example = self.example.cpu()
         timer = OnnxRuntimeTimer(model, example, batch=cfg.latency_batch)
         table = latency_table(model, example, graph=graph, batch=cfg.latency_batch,
@@ -683,8 +683,8 @@ class Job:
                          scorer: Scorer) -> dict[int, list[int]]:
         """Channels chosen by score per millisecond saved (`fxprune.latency`), the plan timed
         until its measured onnxruntime latency meets --target-latency."""
-        timer, table, target_ms = self._latency_setup(model, graph)
         cpu = copy.deepcopy(model).cpu()
+        timer, table, target_ms = self._latency_setup(cpu, graph)
         with torch.no_grad():
             scores = {g: s.cpu().numpy() for g, s in scorer.scores(cpu).items()}
         met = meet_latency(table, scores, target_ms, graph, lambda removed: timer(
