@@ -47,15 +47,20 @@ the tensors of the dict they return) and detectors (Faster R-CNN ResNet-50 FPN a
 SSDlite, Mask R-CNN, Keypoint R-CNN), all with ``weights=None, weights_backbone=None`` (so
 BatchNorm2d, not FrozenBatchNorm2d, and every backbone layer trainable), each detector given
 two 3x128x128 images and ``min_size=128, max_size=128`` where its builder takes them (SSD
-resizes to its own size). fxprune traces a detector with its data-dependent parts (transform,
-anchors, proposal selection, NMS, postprocessing) as opaque calls, so "slim == zeroed" there
+resizes to its own size), keeping its 10 best boxes per image whatever their score. fxprune
+traces a detector with its data-dependent parts (transform, anchors, proposal selection, NMS,
+postprocessing) as opaque calls, so "slim == zeroed" there
 is `fxprune.compare_opaque_inputs`: every tensor those calls read (the heads' outputs
 before box decoding and NMS, the images, the boxes) equal in both models within
-`OPAQUE_RTOL`, each run with the zeroed model's opaque results; "pruned" means the pruned detector returns boxes, labels and
-scores for both images (possibly none: the weights are random); fxprune exports no detector
-to ONNX (n/a). Torch-Pruning's side follows its examples/torchvision_models/
-torchvision_pruning.py: the layers it ignores per detector family (`TP_DETECTION_IGNORED`),
-the list of images as its example input (its example ignores no segmenter layer; here the
+`OPAQUE_RTOL`, each run with the zeroed model's opaque results (the traced graph's BatchNorm
+statistics set to the images', or the random scores tie and NMS keeps boxes by float
+rounding); "pruned" means the pruned detector returns boxes, labels and scores for both
+images; ONNX parity, that onnxruntime gives its boxes, labels, scores (masks, keypoints) on
+the same images (torch.export fails on NMS's data-dependent count, so `export_onnx` falls
+back to the legacy exporter: ``onnx_exporter``), or False with the reason (``onnx_reason``:
+a count or an order of boxes that differs). Torch-Pruning's side follows its
+examples/torchvision_models/torchvision_pruning.py: the layers it ignores per detector family
+(`TP_DETECTION_IGNORED`), the list of images as its example input (its example ignores no segmenter layer; here the
 last classifier conv is, as a classifier's is above, so that the output keeps its classes);
 "forward" for a detector means the pruned one returns boxes, labels and scores for both
 images, and its ONNX export is torch.onnx's legacy exporter, which takes torchvision's
@@ -120,7 +125,7 @@ TP_DETECTION_IGNORED = {
     "retinanet": ("head.classification_head.cls_logits", "head.regression_head.bbox_reg"),
     "ssd": ("head",),
 }
-NA = "n/a"  # a check that does not apply to the model (a detector's ONNX export by fxprune)
+NA = "n/a"  # a check that does not apply to the model
 MAX_SIZE = 256  # px: the largest input a listed timm model may need
 SHARE_FLOOR = 0.8  # where Torch-Pruning gives no share, fxprune's is held to this
 GROUP_SAMPLE = 4  # prunable groups per model checked on their own (`prunes_alone`)
@@ -204,11 +209,14 @@ def build(zoo: str, name: str) -> tuple[torch.nn.Module, tuple, dict]:
 
 def build_dense(name: str) -> tuple[torch.nn.Module, tuple, dict]:
     """A segmenter with one 1x3x224x224 input, or a detector with its list of two 3x128x128
-    images (resized to 128 px where the builder takes min_size and max_size); random weights,
-    nothing downloaded."""
+    images (resized to 128 px where the builder takes min_size and max_size), keeping its 10
+    best boxes per image whatever their score; random weights, nothing downloaded."""
     if name not in SEGMENTERS + DETECTORS:
         raise ValueError(f"the dense zoo has no {name}: choose from {', '.join(SEGMENTERS + DETECTORS)}")
     small = {"min_size": 128, "max_size": 128} if name in DETECTORS and not name.startswith("ssd") else {}
+    if name in DETECTORS:  # the 10 best boxes per image, whatever their score
+        small.update({"box_score_thresh": 0.0, "box_detections_per_img": 10} if "rcnn" in name
+                     else {"score_thresh": 0.0, "detections_per_img": 10})
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **small).eval()
     if name in SEGMENTERS:
@@ -261,7 +269,8 @@ def top_frozen_reason(gm: torch.fx.GraphModule, graph: ChannelGraph) -> str | No
 
 def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     import fxprune
-    from fxprune.app.model_specs import randomize_zero_parameters
+    from fxprune.app.model_specs import calibrate_norms, randomize_zero_parameters
+    from fxprune.errors import first_line
     from fxprune.passes.plan import random_request
     from fxprune.trace import LEAF_KEY
 
@@ -269,6 +278,11 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     model = randomize_zero_parameters(model)
     gm = fxprune.trace(model, args, example_kwargs=kwargs)
     out["traced"] = True
+    if zoo == "dense" and name in DETECTORS:
+        # BatchNorm statistics of the images, or the random detector's scores tie and NMS
+        # keeps boxes by float rounding (the graph, not the model: a detector that has run
+        # caches its RoI pooler's levels, which stops tracing)
+        calibrate_norms(gm, *args)
     graph = fxprune.analyze(gm)
     out["analysed"] = True
     out["prunable"] = len(graph.prunable)
@@ -295,14 +309,21 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     out["groups_checked"] = len(sample)
     out["per_group"] = all(prunes_alone(gm, graph, g, same) for g in sample)
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 1))
-    if zoo == "dense" and name in DETECTORS:
-        with torch.no_grad():
-            out["pruned"] = detects(slim(*args), len(args[0]))
-        out["onnx_parity"] = NA  # the opaque calls are Python that the exporter cannot take
+    detector = zoo == "dense" and name in DETECTORS
+    with torch.no_grad():
+        out["pruned"] = detects(slim(*args), len(args[0])) if detector else True
+    try:
+        report = fxprune.export_onnx(slim, args, folder / "fx.onnx", example_kwargs=kwargs)
+    except fxprune.ExportError as exc:
+        if not detector:
+            raise
+        # a count or order of boxes that differs: recorded, as the other steps are
+        out["onnx_parity"], out["onnx_reason"] = False, first_line(exc)[:200]
         return
-    out["pruned"] = True
-    report = fxprune.export_onnx(slim, args, folder / "fx.onnx", example_kwargs=kwargs)
     out["onnx_parity"] = report.max_abs_diff < 1e-4 or report.max_rel_diff < 1e-3
+    if detector:
+        out["onnx_exporter"] = report.exporter
+        out["onnx_max_rel_diff"] = report.max_rel_diff
     if zoo == "hf":  # the dims left free in the file, checked at a second size each
         out["onnx_dynamic"] = sorted({label for dims in report.dynamic_dims.values()
                                       for label in dims.values()})

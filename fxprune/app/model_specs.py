@@ -286,3 +286,32 @@ def randomize_zero_parameters(model: nn.Module, *, seed: int = 0, std: float = 0
             if p.is_floating_point() and not p.any():
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
     return model
+
+
+@torch.no_grad()
+def calibrate_norms(model: nn.Module, *inputs: object) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of `model(*inputs)` (in place;
+    returns the model, in eval mode).
+
+    With BatchNorm's initial statistics (mean 0, variance 1), random weights shrink a deep
+    detector's activations layer after layer until its scores tie in float32 (SSDlite's best
+    300 boxes on two random images: 0.0117537 each), so which boxes NMS keeps, and in what
+    order, is float rounding. Statistics of the inputs keep the activations at unit scale.
+    Only the norms run in training mode: a detector in training mode asks for targets.
+    Calibrate a torchvision detector once traced: one that has run caches its RoI pooler's
+    levels, through which `fxprune.trace` then cannot trace.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: the statistics of this one batch
+        m.train()
+    try:
+        model(*inputs)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+            m.eval()
+    return model

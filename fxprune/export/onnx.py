@@ -8,10 +8,13 @@ written beside the target and renamed into place only once it passed).
 
 Inputs may be positional or by keyword (Hugging Face models take ``input_ids``,
 ``attention_mask``, ``pixel_values``...); the ONNX inputs are the tensors among them, named
-after the forward's parameters, in the order of the forward's signature. Outputs may be any
-pytree of tensors (a tuple, a dict, a ``ModelOutput``); the ONNX outputs are its tensors in
-pytree order, named after their path in it (``logits``, ``text_model_output.pooler_output``,
-``output_0``; a single tensor is ``output``).
+after the forward's parameters, in the order of the forward's signature; an input that is a
+list or dict of tensors (a detector's images) gives one ONNX input per tensor, named after its
+place (``images_0``, ``images_1``), with fixed shapes: the trace fixed how many there are.
+Outputs may be any pytree of tensors (a tuple, a dict, a ``ModelOutput``, a detector's list of
+dicts); the ONNX outputs are its tensors in pytree order, named after their path in it
+(``logits``, ``text_model_output.pooler_output``, ``output_0``, ``output_0.boxes``; a single
+tensor is ``output``).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class ExportReport:
     opset: int
     size_bytes: int  # the model and its external data together
     dynamic_batch: bool  # dim 0 of some input is dynamic
-    batch_sizes: tuple[int, ...]  # where parity was checked: dim 0 of the first input
+    batch_sizes: tuple[int, ...]  # where parity was checked: dim 0 of the first input, or
+    # the number of images of a detector
     max_abs_diff: float
     max_rel_diff: float
     fallback_reason: str | None = None
@@ -96,6 +100,7 @@ class _Inputs:
     args: tuple[object, ...]
     kwargs: dict[str, object]
     names: tuple[str, ...]  # of the tensors, in pytree order of (args, kwargs)
+    nested: frozenset[str] = frozenset()  # the names of tensors inside a list, tuple or dict
 
     @property
     def tensors(self) -> list[torch.Tensor]:
@@ -112,6 +117,34 @@ class _Inputs:
         args, kwargs = pytree.tree_unflatten(
             [next(it) if isinstance(v, torch.Tensor) else v for v in leaves], spec)
         return replace(self, args=tuple(args), kwargs=dict(kwargs))
+
+    @property
+    def batch(self) -> int:
+        """Dim 0 of the first tensor input, or the length of a list before it (a detector's
+        images)."""
+        first = next(v for v in (*self.args, *self.kwargs.values())
+                     if isinstance(v, (torch.Tensor, list, tuple, dict)))
+        if isinstance(first, torch.Tensor):
+            return first.shape[0] if first.dim() else 1
+        return len(first)
+
+
+def _key_name(key: object) -> str:
+    """One step of a pytree path: a MappingKey's key, a SequenceKey's index, an attribute."""
+    for attr in ("key", "idx", "name"):  # MappingKey, SequenceKey, GetAttrKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _tensor_names(name: str, value: object) -> list[str]:
+    """The names of the tensors in one input: its own, or, in a list or dict of tensors, its
+    name and each tensor's place (``images_0``)."""
+    if isinstance(value, torch.Tensor):
+        return [name]
+    return ["_".join([name, *map(_key_name, path)])
+            for path, leaf in pytree.tree_flatten_with_path(value)[0]
+            if isinstance(leaf, torch.Tensor)]
 
 
 def _bind(model: nn.Module, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, object]) -> _Inputs:
@@ -130,7 +163,9 @@ def _bind(model: nn.Module, args: tuple[torch.Tensor, ...], kwargs: Mapping[str,
         if kwargs:
             raise InputError(f"cannot read the signature of {type(model).__name__}.forward, so "
                              "its keyword inputs cannot be placed: pass them positionally") from None
-        return _Inputs(args, {}, tuple(f"input_{i}" for i in range(len(args))))
+        arg_names = [f"input_{i}" for i in range(len(args))]
+        names = [n for name, a in zip(arg_names, args) for n in _tensor_names(name, a)]
+        return _Inputs(args, {}, tuple(names), _nested(arg_names, args))
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -144,9 +179,15 @@ def _bind(model: nn.Module, args: tuple[torch.Tensor, ...], kwargs: Mapping[str,
                  for i in range(len(args))]
     position = {p.name: i for i, p in enumerate(params)}
     ordered = dict(sorted(kwargs.items(), key=lambda kv: position.get(kv[0], len(params))))
-    names = [n for n, a in zip(arg_names, args) if isinstance(a, torch.Tensor)]
+    names = [n for name, a in zip(arg_names, args) for n in _tensor_names(name, a)]
     names += [k for k, v in ordered.items() if isinstance(v, torch.Tensor)]
-    return _Inputs(args, ordered, tuple(names))
+    return _Inputs(args, ordered, tuple(names), _nested(arg_names, args))
+
+
+def _nested(arg_names: Sequence[str], args: Sequence[object]) -> frozenset[str]:
+    """The names of the tensors that are inside a list, tuple or dict input."""
+    return frozenset(n for name, a in zip(arg_names, args) if not isinstance(a, torch.Tensor)
+                     for n in _tensor_names(name, a))
 
 
 def _dims(inputs: _Inputs, dynamic_dims: DynamicDims | None,
@@ -157,12 +198,15 @@ def _dims(inputs: _Inputs, dynamic_dims: DynamicDims | None,
     of every tensor input) must be, and the sequence (dim 1 of integer 2-D inputs, where the
     example's is longer than 1) is where the model allows it: these are the dims
     `fxprune.trace` leaves free in torch.export, and a model with learned positions for a
-    fixed length keeps its sequence fixed."""
+    fixed length keeps its sequence fixed. Tensors inside a list (a detector's images, whose
+    dim 0 is their channels) stay fixed."""
     feed = inputs.feed()
     if dynamic_dims is None:
         dims: dict[str, dict[int, str]] = {}
         loose = set()
         for name, t in feed.items():
+            if name in inputs.nested:
+                continue
             d = {0: "batch"} if dynamic_batch and t.dim() > 0 else {}
             if t.dim() == 2 and not t.is_floating_point() and t.shape[1] > 1:
                 d[1] = "sequence"
@@ -254,13 +298,6 @@ def _output_names(output: object) -> tuple[str, ...]:
     ``text_model_output.pooler_output``, ``output_0`` in a tuple, ``output`` alone."""
     if isinstance(output, torch.Tensor):
         return ("output",)
-
-    def part(key: object) -> str:
-        for attr in ("key", "idx", "name"):  # MappingKey, SequenceKey, GetAttrKey
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
     try:
         leaves = pytree.tree_flatten_with_path(output)[0]
     except Exception:  # noqa: BLE001 - a type registered without key paths: number them
@@ -268,7 +305,7 @@ def _output_names(output: object) -> tuple[str, ...]:
     names: list[str] = []
     for path, value in leaves:
         if isinstance(value, torch.Tensor):
-            name = ".".join(part(k) for k in path)
+            name = ".".join(map(_key_name, path))
             name = f"output_{name}" if not name or name[0].isdigit() else name
             names.append(name if name not in names else f"{name}_{len(names)}")
     return tuple(names)
@@ -314,15 +351,18 @@ def _dynamo(model: nn.Module, inputs: _Inputs, dims: Mapping[str, Mapping[int, s
         # Per input in signature order: Dim.DYNAMIC (export fails where the model fixes the
         # dim), or Dim.AUTO for a loose dim (torch.onnx leaves it symbolic even where the model
         # fixes it: the parity check finds out). Their names are given below.
-        names, specs = iter(inputs.names), []
-        for value in (*inputs.args, *inputs.kwargs.values()):
+        names = iter(inputs.names)
+
+        def spec(value: object) -> dict[int, object] | None:
             if not isinstance(value, torch.Tensor):
-                specs.append(None)  # a constant: export bakes it in
-                continue
+                return None  # a constant: export bakes it in
             name = next(names)
-            specs.append({d: torch.export.Dim.AUTO if (name, d) in loose
-                          else torch.export.Dim.DYNAMIC for d in dims.get(name, {})})
-        shapes = tuple(specs)
+            return {d: torch.export.Dim.AUTO if (name, d) in loose
+                    else torch.export.Dim.DYNAMIC for d in dims.get(name, {})}
+
+        # a list of tensors gets a list of specs
+        shapes = tuple(pytree.tree_map(spec, value)
+                       for value in (*inputs.args, *inputs.kwargs.values()))
     traced = _traced(inputs, dims)
     # The exporter prints its progress; keep the library quiet (the report says what happened).
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -400,13 +440,17 @@ def _torch_outputs(model: nn.Module, inputs: _Inputs) -> list[np.ndarray]:
 
 
 def _parity(model: nn.Module, path: str, checks: Sequence[_Inputs],
-            dims: Mapping[str, Mapping[int, str]]) -> tuple[float, float]:
+            dims: Mapping[str, Mapping[int, str]],
+            outputs: Sequence[str]) -> tuple[float, float, str]:
+    """The largest absolute and relative differences over the outputs, and the output with
+    the largest absolute one."""
     worst_abs = worst_rel = 0.0
+    where = outputs[0] if outputs else ""
     for inputs in checks:
         try:
             ours = _run_onnx(path, inputs.feed())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            sizes = _sizes(inputs, dims) or {"batch": inputs.tensors[0].shape[0]}
+            sizes = _sizes(inputs, dims) or {"batch": inputs.batch}
             raise ExportError(
                 f"onnxruntime cannot run the exported graph at "
                 f"{', '.join(f'{n} {s}' for n, s in sizes.items())}: {first_line(exc)}. "
@@ -416,14 +460,17 @@ def _parity(model: nn.Module, path: str, checks: Sequence[_Inputs],
         theirs = _torch_outputs(model, inputs)
         if len(ours) != len(theirs):
             raise ExportError(f"onnxruntime gave {len(ours)} outputs, PyTorch {len(theirs)}")
-        for a, b in zip(ours, theirs):
+        for name, a, b in zip(outputs, ours, theirs):
             if a.shape != b.shape:
-                raise ExportError(f"onnxruntime output shape {a.shape} != PyTorch {b.shape}")
+                # a detector's count of boxes is data-dependent: here the runtimes disagree
+                raise ExportError(f"onnxruntime's {name} has shape {a.shape}, PyTorch's "
+                                  f"{b.shape}: the file does not compute what PyTorch does")
             diff = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
             scale = float(np.abs(b).max(initial=0.0))
-            worst_abs = max(worst_abs, diff)
+            if diff > worst_abs:
+                worst_abs, where = diff, name
             worst_rel = max(worst_rel, diff / max(scale, 1e-12))
-    return worst_abs, worst_rel
+    return worst_abs, worst_rel, where
 
 
 @dataclass(frozen=True)
@@ -453,17 +500,24 @@ def _write_checked(model: nn.Module, inputs: _Inputs, dims: Mapping[str, Mapping
             for f in Path(path).parent.iterdir():  # whatever the failed exporter left
                 f.unlink()
     if used == "legacy":
-        opset_used = _legacy(model, inputs, dims, outputs, path, opset, external_data)
+        try:
+            opset_used = _legacy(model, inputs, dims, outputs, path, opset, external_data)
+        except Exception as exc:  # noqa: BLE001 - torch.jit.trace and the ONNX symbolics raise their own
+            tried = f"the torch.export-based one: {fallback}; " if fallback else ""
+            raise ExportError(
+                f"no exporter takes the model: {tried}the legacy one: {type(exc).__name__}: "
+                f"{first_line(exc)[:300]}"
+            ) from exc
     import onnx
 
     onnx.checker.check_model(path, full_check=True)
     second = _second_shape(inputs, dims)
     checks = [inputs] + ([second] if second is not None else [])
-    worst_abs, worst_rel = _parity(model, path, checks, dims)
+    worst_abs, worst_rel, where = _parity(model, path, checks, dims, outputs)
     if check and worst_abs > ATOL and worst_rel > RTOL:
         raise ExportError(
-            f"onnxruntime differs from PyTorch by {worst_abs:.2e} (relative {worst_rel:.2e}), "
-            f"beyond {ATOL:g} absolute and {RTOL:g} relative; no file was written. Try "
+            f"onnxruntime differs from PyTorch by {worst_abs:.2e} at {where} (relative "
+            f"{worst_rel:.2e}), beyond {ATOL:g} absolute and {RTOL:g} relative; no file was written. Try "
             "another opset, or check=False to keep the file and inspect it."
         )
     return _Written(used, opset_used, fallback, checks, worst_abs, worst_rel)
@@ -488,8 +542,8 @@ def export_onnx(
     ``use_cache=False`` that the file bakes in). `dynamic_dims` names the dims left free, by
     input name: ``{"input_ids": {0: "batch", 1: "sequence"}}`` (dims with one name are one dim
     of the file). By default the batch (dim 0 of every tensor input; none with
-    ``dynamic_batch=False``) and the sequence (dim 1 of integer 2-D inputs) are free; ``{}``
-    exports static shapes. Parity is checked on the example and on inputs where every dynamic
+    ``dynamic_batch=False``) and the sequence (dim 1 of integer 2-D inputs) are free, not the
+    dims of tensors in a list (a detector's images); ``{}`` exports static shapes. Parity is checked on the example and on inputs where every dynamic
     dim has another size (batch 3, the sequence 4 longer).
 
     Uses the torch.export-based exporter (``dynamo=True``) and falls back to the legacy one,
@@ -555,7 +609,7 @@ def export_onnx(
     return ExportReport(
         path=target, data_path=data, exporter=written.exporter, opset=written.opset,
         size_bytes=size, dynamic_batch=any(0 in d for d in dims.values()),
-        batch_sizes=tuple(c.tensors[0].shape[0] if c.tensors[0].dim() else 1 for c in checks),
+        batch_sizes=tuple(c.batch for c in checks),
         max_abs_diff=written.max_abs_diff, max_rel_diff=written.max_rel_diff,
         fallback_reason=written.fallback, input_names=inputs.names, output_names=outputs,
         dynamic_dims=dims, sizes_checked=tuple(_sizes(c, dims) for c in checks),
