@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import random
@@ -339,6 +340,7 @@ def prunes_alone(gm: torch.fx.GraphModule, graph: ChannelGraph, group: ChannelGr
 
     for channels in ([group.channels - 1], list(range(1, group.channels))):
         remove = {group.id: channels}
+        gc.collect()  # a GraphModule is freed by the cycle collector: the last check's copies
         try:
             if group.exact:
                 if not same(remove):
@@ -628,7 +630,9 @@ def summarise(rows: list[dict]) -> None:
               f"slim == zeroed where exact): {sum(r['per_group'] for r in checked)} of "
               f"{len(checked)} models, {sum(r['groups_checked'] for r in checked)} groups")
     # rows written before the share columns existed (fxprune ran through, no share) are left out
-    compared = [r for r in rows if "share" in r["fxprune"] or "error" in r["fxprune"]]
+    # and so are Torch-Pruning's rows that ran but kept no share
+    compared = [r for r in rows if ("share" in r["fxprune"] or "error" in r["fxprune"])
+                and ("share" in r["torch_pruning"] or not r["torch_pruning"].get("forward"))]
     below = []
     for r in compared:
         fx, tp = r["fxprune"].get("share"), r["torch_pruning"]
