@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torchvision
+from torch.utils import _pytree as pytree
 
 if TYPE_CHECKING:
     import torch.fx
@@ -301,7 +302,15 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
             out["opaque_inputs_compared"] = len(found)
             return bool(found) and max(found.values()) <= OPAQUE_RTOL
         with torch.no_grad():
-            return relative_difference(slim(*args, **kwargs), zeroed(*args, **kwargs)) <= 1e-5
+            if relative_difference(slim(*args, **kwargs), zeroed(*args, **kwargs)) <= 1e-5:
+                return True
+            # float32 sums in another order, amplified through random layers, can pass 1e-5
+            # (visformer_tiny: 2.3e-5 with 23 of 24 channels gone, 7e-14 in float64)
+            doubled = [pytree.tree_map_only(torch.Tensor, lambda t: t.double()
+                                            if t.is_floating_point() else t, a)
+                       for a in (args, kwargs)]
+            return relative_difference(slim.double()(*doubled[0], **doubled[1]),
+                                       zeroed.double()(*doubled[0], **doubled[1])) <= 1e-9
 
     out["zero_equivalent"] = same(random_request(graph, 0.3, 0, exact_only=True))
     # the promise per group, on a sample: each prunes on its own, by one channel and by all
@@ -333,12 +342,15 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
 
 def prunes_alone(gm: torch.fx.GraphModule, graph: ChannelGraph, group: ChannelGroup,
                  same: Callable[[dict[int, list[int]]], bool]) -> bool:
-    """Whether `group` prunes on its own by one channel and by all but one (the plan may
-    refuse the latter by name where a split would empty a piece), equal to the zeroed model
-    where exact."""
+    """Whether `group` prunes on its own by one channel (its last that is not the only channel
+    of a piece) and by all but one (the plan may refuse that by name where a split would empty
+    a piece), equal to the zeroed model where exact."""
     import fxprune
+    from fxprune.passes.plan import piece_keepers
 
-    for channels in ([group.channels - 1], list(range(1, group.channels))):
+    keep = piece_keepers(group)  # the only channel of a piece (FocalNet's gates) stays
+    last = max(c for c in range(group.channels) if c not in keep or len(keep) == group.channels)
+    for channels in ([last], list(range(1, group.channels))):
         remove = {group.id: channels}
         gc.collect()  # a GraphModule is freed by the cycle collector: the last check's copies
         try:

@@ -17,7 +17,7 @@ from torch import nn
 from fxprune import ops
 from fxprune.graph import ChannelGraph
 from fxprune.passes.catalyst import channel_sums, group_norms, group_slices
-from fxprune.passes.plan import round_kept
+from fxprune.passes.plan import piece_keepers, round_kept
 
 METHODS = ("group-lasso", "slimming", "l1", "magnitude")
 _TARGET = {"group-lasso": "group", "magnitude": "group", "slimming": "bn-scale", "l1": "group"}
@@ -31,6 +31,7 @@ class Scorer:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.method = method
+        self.graph = graph
         self.slices = {}
         for g in graph.prunable:
             slices = group_slices(model, g, _TARGET[method])
@@ -53,12 +54,15 @@ class Scorer:
         return torch.stack([s.sum() for s in self.scores(model).values()]).sum()
 
     def lowest(self, model: nn.Module, share: float, *, round_to: int = 1) -> dict[int, list[int]]:
-        """Remove the globally lowest-scored `share` of channels (each group keeps one, and a
-        multiple of `round_to` channels where it loses any: rounding keeps more)."""
+        """Remove the globally lowest-scored `share` of channels (each group keeps one, every
+        piece of a group its best-scored channel (`piece_keepers`), and a multiple of
+        `round_to` channels where it loses any: rounding keeps more)."""
         with torch.no_grad():
             scores = {g: s.detach().cpu().numpy() for g, s in self.scores(model).items()}
-        flat = sorted((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s))
-        budget = int(round(share * len(flat)))
+        kept = {g: piece_keepers(self.graph[g], s) for g, s in scores.items()}
+        flat = sorted((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s)
+                      if i not in kept[g])
+        budget = int(round(share * sum(len(s) for s in scores.values())))
         remove: dict[int, list[int]] = {}
         for _, g, i in flat:
             if budget == 0:

@@ -42,6 +42,7 @@ from fxprune import atomic
 from fxprune.errors import InputError, as_input_tuple
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import analyze
+from fxprune.passes.plan import piece_keepers
 from fxprune.passes.slim import prune_channels
 from fxprune.target import best_index, next_probe
 from fxprune.trace import trace
@@ -322,7 +323,7 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     order, prefix, options, width = {}, {}, {}, {}
     for g in groups:
         s = np.asarray(scores[g], dtype=np.float64)
-        keep = _keep(graph[g], s)
+        keep = piece_keepers(graph[g], s)
         order[g] = [c for c in np.argsort(s, kind="stable") if c not in keep]
         prefix[g] = np.concatenate([[0.0], np.cumsum(s[order[g]])])
         options[g] = table.widths(g)[:-1]
@@ -437,30 +438,19 @@ def parse_target(text: str) -> tuple[str, float]:
 # --- the pieces ------------------------------------------------------------------------------
 
 
-def _keep(group: ChannelGroup, scores: np.ndarray | None = None) -> set[int]:
-    """Channels a plan keeps whatever it removes: in every member holding only some of the
-    group's channels (a concatenated piece, a slice), its best-scored one (its first without
-    scores), so no piece is emptied."""
-    keep = set()
-    for m in group.members:
-        if m.channels and len(set(m.channels)) < group.channels:
-            keep.add(m.channels[0] if scores is None else max(m.channels, key=lambda c: scores[c]))
-    return keep
-
-
 def _least(group: ChannelGroup) -> int:
-    return max(1, len(_keep(group)))
+    return max(1, len(piece_keepers(group)))
 
 
 def _removal(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
     """A removal leaving each group at its width: the highest channels go first, sparing those
-    `_keep` holds."""
+    `piece_keepers` holds."""
     out = {}
     for g, w in widths.items():
         group = graph[g]
         if w >= group.channels:
             continue
-        keep = _keep(group)
+        keep = piece_keepers(group)
         free = [c for c in range(group.channels - 1, -1, -1) if c not in keep]
         out[g] = sorted(free[:group.channels - w])
     return out

@@ -28,7 +28,7 @@ from torch import nn
 from fxprune.errors import PruneError
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import catalyst_penalty, catalysts, insert_catalysts, strip_catalysts
-from fxprune.passes.plan import round_kept
+from fxprune.passes.plan import piece_keepers, round_kept
 from fxprune.passes.slim import prune_channels
 from fxprune.trace import trace
 
@@ -178,12 +178,14 @@ class CatalystPruner:
     # --- pruning ----------------------------------------------------------------------------
 
     def decisions(self, *, round_to: int = 1) -> dict[int, list[int]]:
-        """Channels with c > 1, per group; a group never loses every channel, and where
+        """Channels with c > 1, per group; a group never loses every channel, nor a piece of
+        it (a concatenated piece, a slice) its lowest-c channel (`piece_keepers`), and where
         `round_to` > 1 the channels with the lowest c among the pruned are kept until the kept
         count is a multiple of it."""
         remove = {}
         for gid, c in self.ratios().items():
-            gone = np.flatnonzero(c > 1)
+            pieces = sorted(piece_keepers(self.graph[gid], -c))
+            gone = np.setdiff1d(np.flatnonzero(c > 1), pieces)
             if len(gone) == len(c):
                 keep = int(np.argmin(c))
                 warnings.warn(f"fxprune: every channel of group {gid} has c > 1; keeping channel "

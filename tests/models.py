@@ -570,6 +570,24 @@ class GroupedQuery(nn.Module):
         return self.head(x + self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
+class GatedSplit(nn.Module):
+    """FocalNet's modulation: one conv makes the query, the context and one gate per level,
+    split apart; each gate is a one-channel slice scaling the whole context, so it can never
+    be removed (the slice would be empty) while its neighbours can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Conv2d(3, 8 + 8 + 2, 1)
+        self.dw, self.h = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, ctx, gates = torch.split(self.f(x), (8, 8, 2), 1)
+        ctx = self.dw(ctx)
+        mixed = ctx * gates[:, 0:1] + ctx.mean((2, 3), keepdim=True) * gates[:, 1:]
+        return self.out(q * self.h(mixed))
+
+
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "residual": (Residual, (2, 3, 6, 6), torch.float32),
     "broadcast": (BroadcastOps, (2, 3, 4, 4), torch.float32),
@@ -602,6 +620,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "unet": (UNet, (2, 3, 8, 8), torch.float32),
     "diffusion_block": (DiffusionBlock, (2, 3, 8, 8), torch.float32),
     "grouped_query": (GroupedQuery, (2, 5, 3), torch.float32),
+    "gated_split": (GatedSplit, (2, 3, 4, 4), torch.float32),
 }
 
 

@@ -227,6 +227,13 @@ EXPECTED = {
         S("w2:0", "gn_w:0", "gn_b:0", "fc:1"): (2, P, EXACT),  # 2 norm groups of 2
         S("fc:0"): (5, F, EXACT),
     },
+    # f's rows: the query (with h's outputs), the context (through dw, into h) and two
+    # one-channel gates, which `piece_keepers` keeps
+    "gated_split": {
+        S("f.weight:0", "f.bias:0", "dw.weight:0", "dw.bias:0", "h.weight:0", "h.bias:0",
+          "h.weight:1", "out.weight:1"): (18, P, EXACT),
+        S("out.weight:0", "out.bias:0"): (4, F, EXACT),
+    },
     # StdConv b standardises each filter over its inputs: a's channels are inexact
     "subclassed": {
         S("a.weight:0", "a.bias:0", *_bn("bn"), "b.weight:1"): (8, P, INEXACT),

@@ -8,7 +8,8 @@ from helpers import assert_equivalent, group_with
 from models import MODELS, NO_EXACT_GROUP, NO_PRUNABLE_GROUP, build
 
 import fxprune
-from fxprune.passes.plan import random_request
+from fxprune.baselines import Scorer
+from fxprune.passes.plan import piece_keepers, random_request
 
 
 def _prepare(name: str) -> tuple[torch.fx.GraphModule, fxprune.ChannelGraph, torch.Tensor]:
@@ -58,14 +59,17 @@ def test_every_prunable_group_can_shrink_and_the_model_still_runs(name: str) -> 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - NO_PRUNABLE_GROUP))
 def test_every_prunable_group_prunes_on_its_own(name: str) -> None:
-    """What `analyze` calls prunable can be pruned alone, by one channel or all but one (where
-    a split does not then empty a piece: the plan refuses that by name), and where exact the
-    slim model is the zeroed one (other groups' sizes must not go stale)."""
+    """What `analyze` calls prunable can be pruned alone, by one channel (its last that is not
+    the only channel of a piece: `piece_keepers`) or all but one (where a split does not then
+    empty a piece: the plan refuses that by name), and where exact the slim model is the
+    zeroed one (other groups' sizes must not go stale)."""
     gm, graph, x = _prepare(name)
     with torch.no_grad():
         before = gm(x)
     for g in graph.prunable:
-        for channels in ([g.channels - 1], list(range(1, g.channels))):
+        keep = piece_keepers(g)
+        last = max(c for c in range(g.channels) if c not in keep or len(keep) == g.channels)
+        for channels in ([last], list(range(1, g.channels))):
             remove = {g.id: channels}
             try:
                 slim = fxprune.prune_channels(gm, graph, remove)
@@ -170,3 +174,25 @@ def test_slim_model_saves_and_loads_without_its_classes(tmp_path) -> None:  # no
     assert_equivalent(loaded, slim, x)
     assert_equivalent(loaded, slim, torch.cat([x, x, x]))  # another batch size
     assert fxprune.cost(loaded, x).params == fxprune.cost(slim, x).params
+
+
+def test_a_one_channel_piece_is_kept_by_every_way_of_choosing() -> None:
+    """FocalNet's gates are one-channel slices of the conv that also makes the query and the
+    context: removing one empties its slice, so the plan refuses it by name, and the
+    magnitude scorer and Catalyst's decisions keep it even where it scores lowest."""
+    gm, graph, x = _prepare("gated_split")
+    g = group_with(graph, "f.weight", 0)
+    assert piece_keepers(g) >= {16, 17}
+    with pytest.raises(fxprune.PruneError, match="keep at least one there"):
+        fxprune.prune_channels(gm, graph, {g.id: [16]})
+    with torch.no_grad():
+        gm.f.weight[16:].mul_(1e-3)  # the gates score lowest
+    remove = Scorer(gm, graph, "magnitude").lowest(gm, 0.5)
+    assert remove[g.id] and not {16, 17} & set(remove[g.id])
+    fxprune.prune_channels(gm, graph, remove)
+    model, _ = build("gated_split")
+    pruner = fxprune.CatalystPruner(model, x, c=2.0)  # every channel starts past c = 1
+    remove = pruner.decisions()
+    g = group_with(pruner.graph, "f.weight", 0)
+    assert remove[g.id] and not {16, 17} & set(remove[g.id])
+    fxprune.prune_channels(pruner.base, pruner.graph, remove)

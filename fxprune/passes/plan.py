@@ -14,7 +14,7 @@ import numpy as np
 import torch.fx
 
 from fxprune.errors import PruneError
-from fxprune.graph import ChannelGraph, Member
+from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.ops.api import KeepMasks
 
 
@@ -91,6 +91,18 @@ def plan(graph: ChannelGraph, remove: Mapping[int, Iterable[int]], *, round_to: 
                 f"(groups {sorted(removed)} are involved)"
             )
     return Plan(removed=removed, params=params, tensors=tensors)
+
+
+def piece_keepers(group: ChannelGroup, scores: np.ndarray | None = None) -> set[int]:
+    """Channels a plan keeps whatever else it removes: in every member holding only some of
+    the group's channels (a concatenated piece, a slice such as FocalNet's one-channel gates
+    ``gates[:, l:l + 1]``), its best-scored one (its first without scores), so that no piece
+    is emptied. A one-channel piece is never removed."""
+    keep = set()
+    for m in group.members:
+        if m.channels and len(set(m.channels)) < group.channels:
+            keep.add(m.channels[0] if scores is None else max(m.channels, key=lambda c: scores[c]))
+    return keep
 
 
 def round_kept(kept: int, total: int, round_to: int) -> int:
