@@ -570,6 +570,27 @@ class GroupedQuery(nn.Module):
         return self.head(x + self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
+class SharedHeads(nn.Module):
+    """Heads that are no unit, so channels stay by head dimension: multi-query attention
+    (mobilenetv5: 2 query heads share one key and value head, the output merges the heads with
+    the value's channels) and heads merged with the batch (HaloNet's reshape(B * heads, ...))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.a, self.b, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(16, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, 4, 4)
+        n, _, h, w = x.shape
+        q = self.q(x).reshape(n, 2, 4, -1).transpose(-1, -2)
+        k, v = (p(x).reshape(n, 4, -1).transpose(1, 2).unsqueeze(1) for p in (self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, scale=0.5).transpose(1, 2)
+        y = y.reshape(n, h, w, y.shape[-1] * 2).permute(0, 3, 1, 2)
+        a, b = (p(x).reshape(n * 2, 4, -1) for p in (self.a, self.b))
+        z = (a.transpose(1, 2) @ b).softmax(-1) @ b.transpose(1, 2)
+        return self.out(torch.cat([y, z.transpose(1, 2).reshape(n, 8, h, w)], 1))
+
+
 class GatedSplit(nn.Module):
     """FocalNet's modulation: one conv makes the query, the context and one gate per level,
     split apart; each gate is a one-channel slice scaling the whole context, so it can never
@@ -621,6 +642,7 @@ MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...], torch.dtype]] = {
     "diffusion_block": (DiffusionBlock, (2, 3, 8, 8), torch.float32),
     "grouped_query": (GroupedQuery, (2, 5, 3), torch.float32),
     "gated_split": (GatedSplit, (2, 3, 4, 4), torch.float32),
+    "shared_heads": (SharedHeads, (2, 3, 4, 4), torch.float32),
 }
 
 

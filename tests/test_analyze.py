@@ -234,6 +234,14 @@ EXPECTED = {
           "h.weight:1", "out.weight:1"): (18, P, EXACT),
         S("out.weight:0", "out.bias:0"): (4, F, EXACT),
     },
+    "shared_heads": {
+        # by head dimension, the same index in every head: the query's with the shared key's,
+        # the value's with its columns of out in both heads, a's and b's per batch-merged head
+        S("q.weight:0", "q.bias:0", "k.weight:0", "k.bias:0"): (4, P, EXACT),
+        S("v.weight:0", "v.bias:0", "out.weight:1"): (4, P, EXACT),
+        S("a.weight:0", "a.bias:0", "b.weight:0", "b.bias:0", "out.weight:1"): (4, P, EXACT),
+        S("out.weight:0", "out.bias:0"): (3, F, EXACT),
+    },
     # StdConv b standardises each filter over its inputs: a's channels are inexact
     "subclassed": {
         S("a.weight:0", "a.bias:0", *_bn("bn"), "b.weight:1"): (8, P, INEXACT),

@@ -50,6 +50,13 @@ def reshape(cx: Context, op: Op) -> Flow:
     splits = any(any(d in flow.dims for d in ins) and sum(out[k] > 1 for k in outs) > 1
                  for ins, outs in fl.dim_groups(list(shape), list(out)))
     prefer = _split_unit(cx) if splits else ()
+    if prefer and op.flow is view:
+        # a dim sized at run time from dims without channels (halonet's B * heads) cannot hold
+        # whole units: `_sized` would freeze them there
+        sizes = [cx.flow(size) for size in _sizes(cx)]
+        if len(sizes) == len(out):
+            prefer = tuple(d for d in prefer if d is None or not isinstance(sizes[d], fl.SizeOf)
+                           or any(k in cx.tflow(src).dims for src, k in sizes[d].sources))
     return fl.reshape(cx.atoms, flow, shape, out, cx.where, prefer)
 
 
@@ -845,11 +852,32 @@ def _split_unit(cx: Context) -> tuple[int, ...]:
             if rule in _CHANNELS_AT_1 and user.args and user.args[0] is node:
                 return dims[1:2]
             if rule in _PRODUCTS:
-                return () if cx.heads == "dim" else dims[:-2]
+                return () if cx.heads == "dim" else _shared_batch_dims(user, node, dims)
             moved = _moved_dims(user, rule, node, dims)
             if moved is not None:
                 frontier.append((user, moved))
     return ()
+
+
+def _shared_batch_dims(product: torch.fx.Node, node: torch.fx.Node,
+                       dims: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """The batch dims of a matrix product that `node` (whose dims sit at `dims`) takes part
+    in, less those along which another operand broadcasts: multi-query attention's one key and
+    value head (mobilenetv5's MultiQueryAttention2d) meets every query head, so the output's
+    heads end up merged with the value's channels and are no unit."""
+    n = len(dims)
+    out = list(dims[:-2])
+    operands = [*product.args[:3], *(product.kwargs.get(k) for k in ("query", "key", "value"))]
+    for other in operands:
+        meta = other.meta.get("tensor_meta") if isinstance(other, torch.fx.Node) else None
+        if other is node or not hasattr(meta, "shape"):
+            continue
+        m = len(meta.shape)
+        for p in range(n - 2):
+            q = p - n + m  # batch dims align from the right
+            if q < 0 or meta.shape[q] == 1:
+                out[p] = None
+    return tuple(out)
 
 
 def _moved_dims(user: torch.fx.Node, rule: object, node: torch.fx.Node,
