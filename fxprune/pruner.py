@@ -94,7 +94,7 @@ class CatalystPruner:
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence[torch.Tensor],
         *,
-        c: float | Mapping[int, float] = DEFAULT_C,
+        c: float | Mapping[int, float | Sequence[float]] = DEFAULT_C,
         target: str = "group",
         gamma: float = DEFAULT_GAMMA,
         kappa: float = DEFAULT_KAPPA,
@@ -155,7 +155,8 @@ class CatalystPruner:
                 found.append(f"the weight decay step lr*weight_decay/(1-momentum) = {alpha:.3g} "
                              "is at least 1: training diverges; lower lr or weight_decay")
                 continue
-            cs = list(self.c.values()) if isinstance(self.c, Mapping) else [self.c]
+            cs = (np.concatenate([np.ravel(v) for v in self.c.values()])
+                  if isinstance(self.c, Mapping) else [self.c])
             bound = min(min((1 - alpha) / c, (1 - alpha) * c) for c in cs)
             if step > 0.05 * bound:
                 found.append(f"the effective step lr*gamma/(1-momentum) = {step:.3g} is not small "

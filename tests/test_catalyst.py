@@ -133,6 +133,20 @@ def test_catalysts_start_at_c_times_the_group_norm() -> None:
         np.testing.assert_allclose(c, 1.7, rtol=1e-5)
 
 
+def test_c0_may_be_given_per_channel() -> None:
+    """A plan's channels can start past c = 1 and the rest far below it (benchmarks/minilm.py);
+    the extended model still computes the original."""
+    model, x = build("residual")
+    base = fxprune.analyze(fxprune.trace(model, x))
+    g = group_with(base, "a.0.weight", 0)  # 6 channels
+    c0 = [1.2, 0.05, 0.05, 1.2, 0.05, 0.05]
+    pruner = CatalystPruner(model, x, c={g.id: c0})
+    np.testing.assert_allclose(pruner.ratios()[g.id], c0, rtol=1e-5)
+    assert_equivalent(pruner.model, pruner.base, x)
+    with pytest.raises(fxprune.InputError, match="c must be positive"):
+        CatalystPruner(model, x, c={g.id: [1.2, 0.0, 1, 1, 1, 1]})
+
+
 # --- 2. the regulariser alone follows the recursion, whatever the magnitude ----------------
 
 LR, GAMMA, WD = 0.05, 0.04, 5e-3

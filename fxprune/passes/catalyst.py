@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -310,13 +310,15 @@ def _sigma_end(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
 
 
 def insert_catalysts(
-    gm: torch.fx.GraphModule, graph: ChannelGraph, *, c: float | Mapping[int, float] = 1.0,
+    gm: torch.fx.GraphModule, graph: ChannelGraph, *,
+    c: float | Mapping[int, float | Sequence[float]] = 1.0,
     target: str = "group", loss_gradient: bool = False, inexact: bool = False,
 ) -> torch.fx.GraphModule:
     """A copy of `gm` with a catalyst after each producer of each prunable group's channels.
-    `c` is c0, D's starting ratio to G: one for all groups, or one per group id (a group the
-    mapping leaves out starts at 1, undecided; a latency target starts the groups whose
-    channels cost more further toward pruning).
+    `c` is c0, D's starting ratio to G: one for all groups, or per group id one or one per
+    channel (a group the mapping leaves out starts at 1, undecided; a latency target starts the
+    groups whose channels cost more further toward pruning; a plan's channels can start past 1
+    and the rest well below it).
     With ``loss_gradient=True``, D also receives the task loss's gradient sum(dL/dpsi * u) (the
     paper's method as written); by default it moves by the regulariser alone (see above).
 
@@ -327,7 +329,7 @@ def insert_catalysts(
     if target not in TARGETS:
         raise InputError(f"target must be one of {TARGETS}, got {target!r}")
     per_group = dict(c) if isinstance(c, Mapping) else None
-    if any(v <= 0 for v in (per_group.values() if per_group is not None else [c])):
+    if any(bool((torch.as_tensor(v) <= 0).any()) for v in (per_group.values() if per_group is not None else [c])):
         raise InputError(f"c must be positive, got {c}")
     extended = copy.deepcopy(gm)
     for group in graph.prunable:
@@ -348,7 +350,8 @@ def insert_catalysts(
                             loss_gradient=loss_gradient)
         with torch.no_grad():
             c0 = c if per_group is None else per_group.get(group.id, 1.0)
-            catalyst.d.copy_(c0 * catalyst.magnitude(extended))
+            magnitude = catalyst.magnitude(extended)
+            catalyst.d.copy_(torch.as_tensor(c0, dtype=magnitude.dtype, device=device) * magnitude)
         extended.add_submodule(name, catalyst)
         for k, ((producer, _), end) in enumerate(zip(sites, ends)):
             with extended.graph.inserting_after(end):
