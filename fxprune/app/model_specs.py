@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fxprune.app.training import fresh_statistics
 from fxprune.errors import InputError, first_line
 
 # Inception v3 is defined for 299x299 inputs; every other torchvision classifier for 224.
@@ -301,17 +302,7 @@ def calibrate_norms(model: nn.Module, *inputs: object) -> nn.Module:
     Calibrate a torchvision detector once traced: one that has run caches its RoI pooler's
     levels, through which `fxprune.trace` then cannot trace.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
     model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: the statistics of this one batch
-        m.train()
-    try:
+    with fresh_statistics(model):
         model(*inputs)
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-            m.eval()
     return model

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,27 @@ def accuracy(model: nn.Module, loader: DataLoader, *, device: torch.device | str
     return 100.0 * correct / max(count, 1)
 
 
+@contextlib.contextmanager
+def fresh_statistics(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Every norm of `model` that keeps running statistics (BatchNorm, and InstanceNorm where
+    asked to), found by those statistics, not by class: reset, in training mode, averaging
+    cumulatively (momentum None) over what the block runs through the model; their momentum
+    and mode are restored after it."""
+    norms = [m for m in model.modules()
+             if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")]
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        yield norms
+    finally:
+        for m, (momentum, training) in zip(norms, saved):
+            m.momentum = momentum
+            m.train(training)
+
+
 @torch.no_grad()
 def precise_bn(model: nn.Module, loader: DataLoader, *, batches: int = 50,
                device: torch.device | str = "cpu") -> None:
@@ -56,21 +78,13 @@ def precise_bn(model: nn.Module, loader: DataLoader, *, batches: int = 50,
     whole channels by orders of magnitude within a few epochs; the running averages (momentum
     0.1) then describe weights that no longer exist, and top-1 in eval mode drops by tens of
     points that a re-estimate shows were never lost (benchmarks/catalyst_convergence.py)."""
-    # every norm that keeps running statistics (BatchNorm, and InstanceNorm where asked to)
-    norms = [m for m in model.modules()
-             if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")]
-    if not norms:
-        return
     was_training = model.training
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    for k, (x, _) in enumerate(loader):
-        if k == batches:
-            break
-        model(x.to(device))
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
+    with fresh_statistics(model) as norms:
+        if not norms:
+            return
+        model.train()
+        for k, (x, _) in enumerate(loader):
+            if k == batches:
+                break
+            model(x.to(device))
     model.train(was_training)
