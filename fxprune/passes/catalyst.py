@@ -329,7 +329,8 @@ def insert_catalysts(
     if target not in TARGETS:
         raise InputError(f"target must be one of {TARGETS}, got {target!r}")
     per_group = dict(c) if isinstance(c, Mapping) else None
-    if any(bool((torch.as_tensor(v) <= 0).any()) for v in (per_group.values() if per_group is not None else [c])):
+    given = per_group.values() if per_group is not None else [c]
+    if any(bool((torch.as_tensor(v) <= 0).any()) for v in given):
         raise InputError(f"c must be positive, got {c}")
     extended = copy.deepcopy(gm)
     for group in graph.prunable:
