@@ -37,6 +37,7 @@ from torch.export import Dim, ExportedProgram
 from fxprune import atomic
 from fxprune.archive import check_archive, check_targets
 from fxprune.errors import InputError, as_input_tuple, check_module, first_line
+from fxprune.trace import with_code
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +57,7 @@ def save(
     Raises `InputError` for a non-module, non-tensor inputs, or a model torch.export cannot
     export even with static shapes.
     """
-    model = check_module(model)
+    model = with_code(check_module(model))  # torch.export reads forward's signature
     inputs = as_input_tuple(example_inputs)
     path = Path(path)
     if any(m.training for m in model.modules()):

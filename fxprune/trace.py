@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.fx._lazy_graph_module import _LazyGraphModule
 from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves, tree_map_only
@@ -252,6 +253,10 @@ class _Tracer(torch.fx.Tracer):
 
     def call_module(self, m: torch.nn.Module, forward: object, args: tuple,
                     kwargs: dict) -> object:
+        if len(args) == 1 and not kwargs and not isinstance(m, self.leaf_types):
+            entry = ops.lookup_module(m)
+            if entry is not None and entry.passthrough:
+                return args[0]
         result = super().call_module(m, forward, args, kwargs)
         if (isinstance(result, torch.fx.Proxy) and result.node.op == "call_module"
                 and result.node.target == self.path_of_module(m) and ops.lookup_module(m) is None):
@@ -553,7 +558,9 @@ def _symbolic_trace(
         for node in graph.nodes:
             if node.op == "call_function" and node.target in functions:
                 node.meta[LEAF_KEY] = functions[node.target]
-        gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        # The graph's Python code is generated on the first call, not here: analysis and
+        # inspection never run it, and on timm's EfficientNet-B0 it costs a quarter of trace().
+        gm = _LazyGraphModule(tracer.root, graph, type(model).__name__)
         gm.meta[SPECIALISED_KEY] = tuple(tracer.specialised)
         if tracer.specialised:
             log.info("%d values computed from sizes taken from the example's shapes",
@@ -830,6 +837,19 @@ def trace(
     return gm
 
 
+def with_code(gm: torch.nn.Module) -> torch.nn.Module:
+    """`gm` with its forward generated from its graph now, where it is a graph module.
+
+    `trace` leaves that to the module's first call, as analysis never runs it; a module
+    handed on (a pass's result, or one given to torch.export or ONNX export, which read
+    forward's signature before calling it) needs it done.
+    """
+    if isinstance(gm, torch.fx.GraphModule):
+        gm.recompile()
+        _LazyGraphModule.force_recompile(gm)
+    return gm
+
+
 def _capture_symbolic(model: torch.nn.Module, inputs: tuple[object, ...],
                       kwargs: dict[str, object], leaf_types: tuple[type, ...], *,
                       fallback: bool) -> tuple[torch.fx.GraphModule, dict[str, LeafReason], str]:
@@ -917,4 +937,4 @@ def _placeholder_values(graph: torch.fx.Graph, inputs: tuple[object, ...],
     return tuple(values)
 
 
-__all__ = ["LeafReason", "ParamOwner", "trace", "propagate_shapes"]
+__all__ = ["LeafReason", "ParamOwner", "trace", "propagate_shapes", "with_code"]

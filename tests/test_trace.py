@@ -153,3 +153,29 @@ def test_shapes_are_recorded_on_every_node() -> None:
     shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"}
     assert shapes["a"] == (2, 4, 5, 5)
     assert shapes["b"] == (2, 2, 5, 5)
+
+
+def test_identity_layers_leave_no_node_and_the_module_still_runs() -> None:
+    """nn.Identity returns its input itself (the op table's ``passthrough``): timm puts one in
+    every norm-act layer, so tracing records no call of it; Dropout, which acts in training,
+    stays a node."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Identity(), nn.Dropout(0.5), nn.Identity(),
+                          nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    gm = fxprune.trace(model, x)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["0", "2", "4"]
+    assert torch.equal(gm(x), model(x))
+    graph = fxprune.analyze(gm)
+    assert group_with(graph, "0.weight", 0).prunable
+
+
+def test_a_traced_module_writes_its_code_when_first_needed() -> None:
+    """trace() generates no Python code (analysis never runs it); a call, ``gm.code`` or
+    `with_code` does, and forward then takes the model's own arguments by name."""
+    import inspect
+
+    from fxprune.trace import with_code
+
+    gm = fxprune.trace(WithGate(), torch.randn(2, 3, 5, 5))
+    assert list(inspect.signature(with_code(gm).forward).parameters) == ["x"]
+    assert "def forward(self, x" in gm.code

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from fxprune.errors import ExportError, InputError, as_input_tuple, check_module, first_line
+from fxprune.trace import with_code
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +558,7 @@ def export_onnx(
     """
     if exporter not in ("auto", "legacy"):
         raise InputError(f"exporter must be 'auto' or 'legacy', got {exporter!r}")
-    model = check_module(model)
+    model = with_code(check_module(model))  # the exporters read forward's signature
     inputs = _bind(model, as_input_tuple(example_inputs), dict(example_kwargs or {}))
     if not inputs.names:
         raise InputError("the example inputs hold no tensor: pass e.g. torch.randn(1, 3, 224, 224)")

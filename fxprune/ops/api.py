@@ -58,6 +58,10 @@ class Op:
     # An ATen op that is a known function with its arguments in another order (aten.batch_norm
     # is F.batch_norm's): where each of the function's positional arguments sits in the op's.
     positions: tuple[int, ...] | None = None
+    # Returns its input itself in every mode (nn.Identity): symbolic tracing records no call,
+    # which on timm's models (an Identity for every norm-act layer's drop) is an eighth of
+    # the graph.
+    passthrough: bool = False
 
 
 class Context:

@@ -575,9 +575,15 @@ def functional_conv_transpose(cx: Context, op: Op) -> Flow:
 
 def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ...]) -> None:
     """Per-channel parameters (bare or computed) along dim 0 follow the channels `ids`."""
-    for p in params:
-        if ids is not None and isinstance(p, torch.fx.Node) and 0 in cx.tflow(p).dims:
-            cx.atoms.union(ids, cx.tflow(p).dims[0])
+    if ids is None:
+        return
+    dims = [cx.tflow(p).dims[0] for p in params if isinstance(p, torch.fx.Node) and 0 in cx.tflow(p).dims]
+    if dims and all(len(d) == len(ids) for d in dims):
+        # one union for all: a batch norm's four cost four times the overhead of one
+        cx.atoms.union(np.tile(ids, len(dims)), np.concatenate(dims))
+        return
+    for d in dims:
+        cx.atoms.union(ids, d)
 
 
 def functional_batch_norm(cx: Context, op: Op) -> Flow:

@@ -42,6 +42,7 @@ from torch import nn
 from fxprune import ops
 from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
+from fxprune.trace import with_code
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +362,7 @@ def insert_catalysts(
             end.replace_all_uses_with(node, delete_user_cb=lambda user, new=node: user is not new)
             node.meta = dict(end.meta)
     extended.graph.lint()
-    extended.recompile()
+    with_code(extended)
     return extended
 
 
@@ -388,5 +389,5 @@ def strip_catalysts(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for name, _ in list(catalysts(plain)):
         plain.delete_submodule(name)
     plain.graph.lint()
-    plain.recompile()
+    with_code(plain)
     return plain

@@ -23,7 +23,7 @@ from fxprune.errors import InputError, SurgeryError, describe
 from fxprune.graph import ChannelGraph
 from fxprune.ops.api import CHANNEL_SIZED_KEY, Resize, get_tensor, set_tensor
 from fxprune.passes.plan import plan
-from fxprune.trace import LEAF_KEY, propagate_shapes
+from fxprune.trace import LEAF_KEY, propagate_shapes, with_code
 
 
 def _placeholder_inputs(gm: torch.fx.GraphModule) -> tuple[object, ...]:
@@ -91,7 +91,7 @@ def prune_channels(
         if entry.rewrite is not None:
             entry.rewrite(resize, node)
     slim.graph.lint()
-    slim.recompile()
+    with_code(slim)
     _check(slim, new, old)
     return slim
 

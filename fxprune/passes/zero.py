@@ -17,6 +17,7 @@ import torch.fx
 from fxprune.graph import ChannelGraph
 from fxprune.ops.api import get_tensor
 from fxprune.passes.plan import plan
+from fxprune.trace import with_code
 
 
 def zero_channels(
@@ -28,7 +29,7 @@ def zero_channels(
 ) -> torch.fx.GraphModule:
     """A copy of `gm` with the parameters of the channels `remove` names set to zero."""
     the_plan = plan(graph, remove, round_to=round_to)
-    zeroed = copy.deepcopy(gm)
+    zeroed = with_code(copy.deepcopy(gm))
     with torch.no_grad():
         for (param, dim), keep in the_plan.params.items():
             tensor = get_tensor(zeroed, param)
