@@ -13,6 +13,7 @@ conditions it branched on, ints), taken from the example's shapes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -107,6 +108,14 @@ class _Proxy(torch.fx.Proxy):
         return self.tracer.concrete(self, int)
 
 
+class _ModuleStack(collections.OrderedDict):
+    """fx's stack of the modules being called, copied into every node's meta: copy.copy of
+    an OrderedDict goes through __reduce_ex__, several times slower than this."""
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
 class _Tracer(torch.fx.Tracer):
     def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...],
                  example: _Example | None = None,
@@ -124,6 +133,7 @@ class _Tracer(torch.fx.Tracer):
         self._data: dict[torch.fx.Node, bool] = {}  # whether a node's value depends on data
         # id -> qualified name of the root's parameters, and of its buffers (made on first use)
         self._names: tuple[dict[int, str], dict[int, str]] | None = None
+        self.module_stack = _ModuleStack()
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _Proxy(node, self)
@@ -298,6 +308,8 @@ class _Tracer(torch.fx.Tracer):
 
     def getattr(self, attr: str, attr_val: object,
                 parameter_proxy_cache: dict[str, torch.fx.Proxy]) -> object:
+        if not isinstance(attr_val, torch.Tensor):  # fx returns those as they are
+            return attr_val
         name = self._name(attr_val, buffer=False) if isinstance(attr_val, torch.nn.Parameter) else None
         if name is None and self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
             name = self._name(attr_val, buffer=True)
