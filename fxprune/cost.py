@@ -11,12 +11,18 @@ Guarantees:
   formulas all carry that factor 2), so ``macs == flops // 2``. Only those matmul-like ops are
   counted: bias adds, norms, activations, pooling and other elementwise ops are not, which is
   the convention of the usual published figures (ResNet-18 at 224x224: 1.814 GMACs).
+- Attention is counted however torch runs it: the CPU's fused scaled_dot_product_attention
+  kernel gets the formula torch's counter gives the GPU kernels (2 MACs per query-key pair per
+  head dim: scores and weighted values), and nn.MultiheadAttention's and
+  nn.TransformerEncoderLayer's fused inference path, which the counter cannot see into, is
+  turned off while counting (``torch.backends.mha``), so their projections count too.
 - ``params`` is the number of parameter elements, each shared parameter counted once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +67,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size,
+                     *args: object, out_shape: object = None, **kwargs: object) -> int:
+    """q @ k^T and weights @ v, 2 FLOPs per multiply-add, for any batch dims (a key-value head
+    shared by several query heads counts once per query head, as the kernel computes it)."""
+    *batch, queries, width = query_shape
+    return 2 * math.prod(batch) * queries * key_shape[-2] * (width + value_shape[-1])
+
+
+# Ops that torch's FlopCounterMode has no formula for, though they are matrix products.
+_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+
+
 def count_flops(model: nn.Module, inputs: tuple[object, ...],
                 kwargs: Mapping[str, object] | None = None) -> int:
     """FLOPs of one forward pass, in eval mode and without autograd."""
@@ -69,7 +87,9 @@ def count_flops(model: nn.Module, inputs: tuple[object, ...],
     modes = [(m, m.training) for m in model.modules()]
     for m, _ in modes:
         m.training = False
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_FORMULAS)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), counter:
             model(*inputs, **(kwargs or {}))
@@ -79,6 +99,7 @@ def count_flops(model: nn.Module, inputs: tuple[object, ...],
             f"{first_line(exc)}. Check the number, shape, dtype and device of the inputs."
         ) from exc
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, mode in modes:
             m.training = mode
     return counter.get_total_flops()

@@ -58,6 +58,27 @@ def test_cost_matches_hand_arithmetic() -> None:
     assert c.params == sum(p.numel() for p in ConvLinear().parameters())
 
 
+class Attention(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cost_counts_attention_on_the_cpu(kv_heads: int) -> None:
+    """The CPU's fused attention kernel: scores (10 x 12 per head, over 8 dims) and weighted
+    values (over 6 dims), per query head, also where two query heads share a key-value head."""
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, kv_heads, 12, 8), torch.randn(2, kv_heads, 12, 6)
+    assert cost(Attention(), (q, k, v)).macs == 2 * 4 * 10 * 12 * (8 + 6)
+
+
+def test_cost_counts_multihead_attentions_fused_inference_path() -> None:
+    """nn.MultiheadAttention in eval mode without grad runs one fused op the counter cannot see
+    into: its projections (4 of 16 x 16 per token) and attention (5 x 5 x 16) must count."""
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(1, 5, 16)
+    assert cost(mha, (x, x, x)).macs == 5 * 4 * 16 * 16 + 5 * 5 * 16 * 2
+
+
 def test_cost_counts_a_shared_parameter_once() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:

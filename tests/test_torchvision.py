@@ -70,3 +70,21 @@ def test_attention_and_shuffle_models_keep_prunable_inner_groups(name: str) -> N
     }[name]
     holding = [g for g in graph.groups if any((m.param, m.dim) == (param, 0) for m in g.params)]
     assert holding and all(g.prunable for g in holding)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cost_matches_torchvisions_published_figure(name: str) -> None:
+    """fxprune.cost against the GFLOPS (multiply-adds, in fact) torchvision publishes for each
+    model's first weights, at their crop size, to the three decimals it gives: attention
+    counts however torch runs it (ViTs' fused inference path, the CPU's fused kernel)."""
+    weights = next(iter(torchvision.models.get_model_weights(name)))
+    size = weights.transforms().crop_size[0]
+    kwargs = {"image_size": size} if name.startswith("vit_") else {}
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, **kwargs).eval()
+        x = torch.empty(1, 3, size, size, device="meta")
+    except NotImplementedError:  # constructor reads tensor data (RegNet widths)
+        model, x = torchvision.models.get_model(name, **kwargs).eval(), torch.randn(1, 3, size, size)
+    published = weights.meta["_ops"]
+    assert fxprune.cost(model, x).macs / 1e9 == pytest.approx(published, rel=3e-3, abs=6e-4)
