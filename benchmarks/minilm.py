@@ -119,14 +119,70 @@ def macs(model: nn.Module) -> int:
     return fxprune.cost(model, (ids, torch.ones_like(ids))).macs
 
 
-def magnitude(gm: torch.fx.GraphModule, graph: fxprune.ChannelGraph, keep: float,
-              base_macs: int) -> dict[int, list[int]]:
-    """One shot: the globally smallest ||G_i|| removed until `keep` of the MACs remain; the
-    channels to remove."""
-    scorer = Scorer(gm, graph, "magnitude")
+def to_macs(scorer: Scorer, gm: torch.fx.GraphModule, graph: fxprune.ChannelGraph, keep: float,
+            base_macs: int) -> dict[int, list[int]]:
+    """One shot: the globally lowest-scored channels removed until `keep` of the MACs remain
+    (bisection on the share removed); the channels to remove."""
     probes = bisect(lambda share: macs(fxprune.prune_channels(gm, graph, scorer.lowest(gm, share)))
                     / base_macs, keep, 0.0, 0.95, steps=10)
     return scorer.lowest(gm, min(probes, key=lambda p: abs(p[1] - keep))[0])
+
+
+class Given(Scorer):
+    """A scorer whose scores were computed elsewhere (here: from activations)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, graph: fxprune.ChannelGraph,
+                 scores: dict[int, np.ndarray]) -> None:
+        super().__init__(gm, graph, "magnitude")
+        self.given = {g: torch.as_tensor(s) for g, s in scores.items()}
+
+    def scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
+        return self.given
+
+
+@torch.no_grad()
+def wanda_scores(model: nn.Module, graph: fxprune.ChannelGraph,
+                 data: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, np.ndarray]:
+    """Wanda's |W| * ||x|| per weight (x: the input feature the weight reads, its norm over the
+    real tokens of `data`), averaged over the weights of each channel across every linear layer
+    of its group: rows of the layers that make the channel, columns of those that read it. The
+    mean, not the sum, makes a head (its q, k, v rows and output columns: 4 x 32 x 384
+    weights) and an FFN neuron (2 x 384) comparable in one global ranking."""
+    norms: dict[str, torch.Tensor] = {}
+    current: dict[str, torch.Tensor] = {}
+
+    def record(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple) -> None:
+            x, mask = args[0], current["mask"].unsqueeze(-1).to(args[0].dtype)
+            norms[name] = norms.get(name, 0) + (x.pow(2) * mask).sum((0, 1))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear)]
+    try:
+        for ids, mask in data:
+            current["mask"] = mask
+            model(ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    params = dict(model.named_parameters())
+    scores = {}
+    for g in graph.prunable:
+        total, count = np.zeros(g.channels), np.zeros(g.channels)
+        for m in g.params:
+            layer = m.param.removesuffix(".weight")
+            if layer not in norms or not m.param.endswith(".weight"):
+                continue
+            w, x = params[m.param].abs(), norms[layer].sqrt()
+            if m.dim == 0:  # rows: what the channel is made of
+                per, n = (w @ x).numpy(), w.shape[1]
+            else:  # columns: how the next layer reads the channel
+                per, n = (w.sum(0) * x).numpy(), w.shape[0]
+            np.add.at(total, list(m.channels), per[list(m.positions)])
+            np.add.at(count, list(m.channels), n)
+        scores[g.id] = total / np.maximum(count, 1)
+    return scores
 
 
 def catalyst(model: nn.Module, example: tuple, train: list, teacher: torch.Tensor,
@@ -169,7 +225,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default="benchmarks/results/minilm.json")
     parser.add_argument("--targets", default="1.5,2", help="MACs reduction factors")
-    parser.add_argument("--methods", default="magnitude,catalyst")
+    parser.add_argument("--methods", default="magnitude,wanda-sp,catalyst")
+    parser.add_argument("--seed-plan", default="wanda-sp", choices=("wanda-sp", "magnitude"),
+                        help="the one-shot plan whose channels get Catalyst's c0 --c")
+    parser.add_argument("--calibration", type=int, default=16,
+                        help="training batches whose activations wanda-sp reads")
     parser.add_argument("--steps", type=int, default=600, help="Catalyst's opt1 budget")
     parser.add_argument("--c", type=float, default=1.2, help="c0 of the planned channels")
     parser.add_argument("--c-keep", type=float, default=0.05, help="c0 of the other channels")
@@ -195,15 +255,22 @@ def main() -> None:
     base_macs, base_params = macs(gm), fxprune.cost(gm, example).params
     rows = [{"method": "original", "target": 1.0, "macs": base_macs, "params": base_params,
              "cosine": 1.0, "nn_agreement": 1.0}]
+    scorers = {"magnitude": Scorer(gm, graph, "magnitude"),
+               "wanda-sp": Given(gm, graph, wanda_scores(model, graph, train[:args.calibration]))}
     for target in (float(t) for t in args.targets.split(",")):
+        plans: dict[str, dict[int, list[int]]] = {}
         for method in args.methods.split(","):
             start = time.perf_counter()
             extra = {}
-            plan = magnitude(gm, graph, 1 / target, base_macs)
-            if method == "magnitude":
+            if method in scorers:
+                plans[method] = plan = to_macs(scorers[method], gm, graph, 1 / target, base_macs)
                 slim = fxprune.prune_channels(gm, graph, plan)
+                extra = {"heads_removed": sum(len(plan.get(g.id, [])) for g in heads),
+                         "neurons_removed": sum(len(plan.get(g.id, [])) for g in ffn)}
             else:
-                slim, extra = catalyst(model, example, train, teacher_train, plan, graph, args)
+                seed = plans.get(args.seed_plan) or to_macs(scorers[args.seed_plan], gm, graph,
+                                                              1 / target, base_macs)
+                slim, extra = catalyst(model, example, train, teacher_train, seed, graph, args)
             student = embed(slim, held_out)
             row = {"method": method, "target": target, "macs": macs(slim),
                    "params": fxprune.cost(slim, example).params,
