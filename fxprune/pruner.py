@@ -87,13 +87,17 @@ def describe_undecided(undecided: dict[int, int], *, shown: int = 8) -> str:
 
 
 class CatalystPruner:
-    """Extend a model with catalysts, regularise, then prune every channel with c > 1."""
+    """Extend a model with catalysts, regularise, then prune every channel with c > 1.
+
+    `example_inputs` and `example_kwargs` are passed to `fxprune.trace` (a Hugging Face model's
+    ``attention_mask`` and ``use_cache=False`` go in `example_kwargs`)."""
 
     def __init__(
         self,
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence[torch.Tensor],
         *,
+        example_kwargs: Mapping[str, object] | None = None,
         c: float | Mapping[int, float | Sequence[float]] = DEFAULT_C,
         target: str = "group",
         gamma: float = DEFAULT_GAMMA,
@@ -105,7 +109,8 @@ class CatalystPruner:
     ) -> None:
         self.c, self.target, self.gamma, self.kappa, self.eps = c, target, gamma, kappa, eps
         self.loss_gradient, self.inexact = loss_gradient, inexact  # see fxprune.passes.catalyst
-        self.base = trace(model, example_inputs, leaf_modules=leaf_modules)
+        self.base = trace(model, example_inputs, example_kwargs=example_kwargs,
+                          leaf_modules=leaf_modules)
         self.graph = analyze(self.base)
         self.model = insert_catalysts(self.base, self.graph, c=c, target=target,
                                       loss_gradient=loss_gradient, inexact=inexact)

