@@ -5,8 +5,8 @@ For each model, batch size and target (a fraction of the original's onnxruntime 
 the channels are scored by one-shot magnitude (the L2 norm over each channel's parameters in
 its group), and two plans are made:
 - ``latency``: `fxprune.latency_table` at that batch, `meet_latency` (channels chosen by score
-  per millisecond saved, widths multiples of 8, timed until the measured latency meets the
-  target);
+  per millisecond saved, widths multiples of `preferred_step()`: 16 on a CPU with AVX-512,
+  else 8; timed until the measured latency meets the target);
 - ``macs``: the globally lowest-scored share of channels (`Scorer.lowest`, the MACs-targeted
   baselines' ranking), the share found by bisection on the same measured latency.
 Both are timed by the same paired timer (runs alternating with the unpruned model's). Each row
