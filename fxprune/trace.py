@@ -8,7 +8,9 @@ the model, or of an object a submodule holds) or a plain function that a forward
 carry ``node.meta["fxprune.owner"]`` (a ``ParamOwner``): the class of the module that owns the
 tensor, which the GraphModule replaces by a plain container. ``gm.meta["fxprune.specialised"]``
 lists the values computed from sizes that the forward needed as plain Python values (the
-conditions it branched on, ints), taken from the example's shapes.
+conditions it branched on, ints), taken from the example's shapes. Ranks (``x.ndim``,
+``x.dim()``) are taken from the example too and leave no node; as every node's shape fixes its
+rank, they are not listed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.fx._lazy_graph_module import _LazyGraphModule
-from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves, tree_map_only
 
@@ -107,6 +108,19 @@ class _Proxy(torch.fx.Proxy):
     def __index__(self) -> int:
         return self.tracer.concrete(self, int)
 
+    # A rank taken from the example leaves no node: timm's norm-act layers check
+    # ``_assert(x.ndim == 4, ...)`` (four nodes a layer, a fifth of EfficientNet-B0's graph).
+
+    @property
+    def ndim(self) -> int | torch.fx.Proxy:
+        return self.tracer.rank(self, "ndim")
+
+    def dim(self) -> int | torch.fx.Proxy:
+        return self.tracer.rank(self, "dim")
+
+    def ndimension(self) -> int | torch.fx.Proxy:
+        return self.tracer.rank(self, "ndimension")
+
 
 class _ModuleStack(collections.OrderedDict):
     """fx's stack of the modules being called, copied into every node's meta: copy.copy of
@@ -127,8 +141,15 @@ class _Tracer(torch.fx.Tracer):
         self.leaf_types = leaf_types
         self.example = example
         self.methods = dict(methods or {})  # (module, method name) -> why it is opaque
+        self.functions = set(functions or ())
         self.specialised: list[Specialised] = []
-        self._env: dict[torch.fx.Node, object] = {}
+        self._env: dict[torch.fx.Node, object] = {}  # values on fake copies of the example
+        self._run: _ShapeProp | None = None  # computes them, in graph order (`_value`)
+        self._last: torch.fx.Node | None = None  # the last node of the graph in `_env`
+        # While `_value` runs the graph, fx's patches of nn.Module (calls, attributes) let
+        # everything through to the module itself: reverting them costs about 1 ms each time
+        # (every assignment to nn.Module invalidates the type caches of all its subclasses).
+        self._running = False
         self._real: dict[torch.fx.Node, object] = {}  # values on the example itself (`_value`)
         self._data: dict[torch.fx.Node, bool] = {}  # whether a node's value depends on data
         # id -> qualified name of the root's parameters, and of its buffers (made on first use)
@@ -177,35 +198,84 @@ class _Tracer(torch.fx.Tracer):
         self.specialised.append(Specialised(where, kind(value)))
         return kind(value)
 
+    def rank(self, obj: torch.fx.Proxy, how: str) -> int | torch.fx.Proxy:
+        """The number of dims of the tensor `obj` stands for, taken from the example (`how`
+        is ``"ndim"``, ``"dim"`` or ``"ndimension"``, as the forward asked). Not recorded as
+        `Specialised`: every node's shape already fixes its rank. Where the example gives no
+        tensor there, fx's node, as without an example."""
+        value = self._value(obj.node) if self.example is not None else None
+        if isinstance(value, torch.Tensor):
+            return value.dim()
+        attribute = torch.fx.Proxy.__getattr__(obj, how)
+        return attribute if how == "ndim" else attribute()
+
+    def fake_values(self) -> _FakeValues | None:
+        """What `_value` computed, for `propagate_shapes` to go on from; None where a node ran
+        on the example itself (propagate_shapes then runs the graph on it whole, as before)."""
+        if self.example is None or any(self._data.get(n) for n in self._env):
+            return None
+        return _FakeValues(self.example.mode, self._env)
+
     def _value(self, node: torch.fx.Node) -> object:
         """The node's value on fake copies of the example, the graph so far run up to it.
 
+        Each call runs only the nodes added since the last, with propagate_shapes' shape rules,
+        and trace() hands the values on to it (`fake_values`): the graph runs once in all.
         A node that cannot run on fake tensors (a leaf that reads values: a detector's
         proposal selection) runs on the example itself, and its result is made fake: the ops
         after it then see the sizes the example gives there (the number of proposals kept)."""
         if node not in self._env:
             try:
-                # fx patches nn.Module calls while it traces; the run must see the real ones
-                with (_unpatched(), self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG),
-                      _kept_state(self.root.modules())):
-                    run = _Run(self.root, garbage_collect_values=False, graph=self.graph)
-                    run.env = self._env
-                    values = iter(self.example.values(self.graph))
-                    for n in self.graph.nodes:
-                        if n.op == "placeholder":
-                            self._env[n] = next(values)
-                        elif n not in self._env:
-                            try:
-                                self._env[n] = run.run_node(n)
-                            except Exception:  # noqa: BLE001 - it reads values: run the example
-                                self._data[n] = True
-                                self._env[n] = tree_map_only(torch.Tensor, self.example.mode.from_tensor,
-                                                             self._real_value(n))
-                        if n is node:
-                            break
+                self._running = True  # the run must see the real modules (`call_module`)
+                with self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG):
+                    if self._run is None:
+                        run = _ShapeProp(self.root, self.example.mode, self.graph)
+                        run.env, run.args_iter = self._env, iter(self.example.values(self.graph))
+                        self._run = run
+                        # every input at once (fx made them all before forward ran): what
+                        # propagate_shapes goes on from then holds all or none of them
+                        for placeholder in self.graph.find_nodes(op="placeholder")[-1:]:
+                            self._run_to(placeholder)
+                    self._run_to(node)
             except Exception:  # noqa: BLE001 - a value that fake tensors cannot give: no decision
                 return None
+            finally:
+                self._running = False
         return self._env.get(node)
+
+    def _run_to(self, node: torch.fx.Node) -> None:
+        """Run the nodes from the first not yet run up to `node` (the graph grows at its end
+        only, while tracing)."""
+        todo = []
+        n = self._last.next if self._last is not None else next(iter(self.graph.nodes))
+        while node not in self._env and (not todo or todo[-1] is not node):
+            todo.append(n)
+            n = n.next
+        with _kept_state(self._own_code(todo)):
+            for n in todo:
+                try:
+                    self._env[n] = self._run.run_node(n)
+                except Exception:  # noqa: BLE001 - it reads values: run the example
+                    if n.op == "placeholder":
+                        raise
+                    self._data[n] = True
+                    with _kept_state(self.root.modules()):  # the run reaches every leaf
+                        real = self._real_value(n)
+                    self._env[n] = tree_map_only(torch.Tensor, self.example.mode.from_tensor, real)
+                self._last = n
+
+    def _own_code(self, nodes: Iterable[torch.fx.Node]) -> set[torch.nn.Module]:
+        """The modules whose own code runs where `nodes` run, which may cache what it computes
+        on them: leaves, and all modules where an opaque method or function runs (rare, and
+        these may reach any of them). Keeping every module's state on each call of `_value`
+        would cost more than the run itself."""
+        modules: set[torch.nn.Module] = set()
+        for n in nodes:
+            if n.op == "call_module":
+                modules.update(_opaque_modules(self._run._modules[n.target]))
+            elif n.op == "call_function" and (LEAF_KEY in n.meta or n.target in self.functions):
+                return set(self.root.modules())
+        return modules
 
     def _from_data(self, node: torch.fx.Node) -> bool:
         """Whether the node's value depends on a value that ran on the example itself (its
@@ -225,18 +295,26 @@ class _Tracer(torch.fx.Tracer):
         return self._data[node]
 
     def _real_value(self, node: torch.fx.Node) -> object:
-        """The node's value on the example inputs themselves (never fake)."""
+        """The node's value on the example inputs themselves (never fake). What the run writes
+        into the buffers of modules in training mode (a norm's statistics) is put back."""
         with unset_fake_temporarily():
-            run = _Run(self.root, garbage_collect_values=False, graph=self.graph)
-            run.env = self._real
-            values = iter(self.example.values(self.graph, real=True))
-            for n in self.graph.nodes:
-                if n.op == "placeholder":
-                    self._real[n] = next(values)
-                elif n not in self._real:
-                    self._real[n] = run.run_node(n)
-                if n is node:
-                    return self._real[n]
+            kept = [(b, b.clone()) for m in self.root.modules() if m.training
+                    for b in m._buffers.values() if b is not None]
+            try:
+                run = _Run(self.root, garbage_collect_values=False, graph=self.graph)
+                run.env = self._real
+                values = iter(self.example.values(self.graph, real=True))
+                for n in self.graph.nodes:
+                    if n.op == "placeholder":
+                        self._real[n] = next(values)
+                    elif n not in self._real:
+                        self._real[n] = run.run_node(n)
+                    if n is node:
+                        return self._real[n]
+            finally:
+                with torch.no_grad():
+                    for buffer, value in kept:
+                        buffer.copy_(value)
         return None
 
     def unpack(self, proxy: torch.fx.Proxy) -> object:
@@ -263,6 +341,8 @@ class _Tracer(torch.fx.Tracer):
 
     def call_module(self, m: torch.nn.Module, forward: object, args: tuple,
                     kwargs: dict) -> object:
+        if self._running:  # `_value` runs a module: fx's patch of nn.Module.__call__ steps aside
+            return forward(*args, **kwargs)
         if len(args) == 1 and not kwargs and not isinstance(m, self.leaf_types):
             entry = ops.lookup_module(m)
             if entry is not None and entry.passthrough:
@@ -308,7 +388,7 @@ class _Tracer(torch.fx.Tracer):
 
     def getattr(self, attr: str, attr_val: object,
                 parameter_proxy_cache: dict[str, torch.fx.Proxy]) -> object:
-        if not isinstance(attr_val, torch.Tensor):  # fx returns those as they are
+        if self._running or not isinstance(attr_val, torch.Tensor):  # fx returns those as they are
             return attr_val
         name = self._name(attr_val, buffer=False) if isinstance(attr_val, torch.nn.Parameter) else None
         if name is None and self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
@@ -431,6 +511,21 @@ def _items(value: object) -> dict[object, object]:
     return {}
 
 
+def _opaque_modules(module: torch.nn.Module) -> Iterable[torch.nn.Module]:
+    """The module and its submodules where the op table does not know it (a leaf runs its own
+    code, which may cache a tensor on them), else none."""
+    return module.modules() if ops.lookup_module(module) is None else ()
+
+
+@dataclass(frozen=True)
+class _FakeValues:
+    """Values of a graph's first nodes on fake copies of the example (in `mode`), computed
+    while tracing it; each node run has its ``tensor_meta``."""
+
+    mode: FakeTensorMode
+    env: dict[torch.fx.Node, object]
+
+
 @contextlib.contextmanager
 def _kept_state(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
     """Undo what a forward run while tracing assigns to `modules`: a module that caches a
@@ -530,7 +625,7 @@ def _defaults(model: torch.nn.Module, given: int, named: Iterable[str]) -> dict[
 def _symbolic_trace(
     model: torch.nn.Module, leaf_types: tuple[type, ...], concrete: dict[str, object],
     example: _Example,
-) -> tuple[torch.fx.GraphModule, dict[str, LeafReason]]:
+) -> tuple[torch.fx.GraphModule, dict[str, LeafReason], _FakeValues | None]:
     leaves: dict[str, LeafReason] = {}
     methods: dict[tuple[str, str], LeafReason] = {}
     functions: dict[types.FunctionType, LeafReason] = {}
@@ -579,7 +674,7 @@ def _symbolic_trace(
                      len(tracer.specialised))
         # opaque methods and functions (their nodes carry their reasons) leave every layer in
         # the graph: no reason to try torch.export, which fails on what reads values anyway
-        return gm, leaves
+        return gm, leaves, tracer.fake_values()
     raise TraceError(f"gave up after making {MAX_LEAF_RETRIES} submodules leaves: {sorted(leaves)}")
 
 
@@ -613,8 +708,11 @@ class _ShapeProp(_Run):
     again and skip its cache for that op.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, mode: FakeTensorMode | None = None) -> None:
-        super().__init__(gm)
+    def __init__(self, gm: torch.nn.Module, mode: FakeTensorMode | None = None,
+                 graph: torch.fx.Graph | None = None) -> None:
+        # a graph given apart from its module is one being traced: it grows, so no value
+        # can be freed after what is its last use so far
+        super().__init__(gm, garbage_collect_values=graph is None, graph=graph)
         self.mode = mode
         # Most nodes repeat a few layouts: their metadata is worked out once per layout.
         self._layouts: dict[tuple[object, ...], TensorMetadata] = {}
@@ -625,6 +723,17 @@ class _ShapeProp(_Run):
         # run_node's InputError already names the node and the user's line; fx's extra
         # traceback would append them again, plus a pointer to tlparse, to the message.
         self.extra_traceback = False
+
+    def fetch_attr(self, target: str) -> object:
+        # fx walks the dotted path with two getattr calls a step: while tracing, each goes
+        # through fx's patch of nn.Module.__getattr__ and the tracer's
+        owner, _, name = target.rpartition(".")
+        module = self._modules.get(owner)
+        if module is not None:
+            for table in (module._parameters, module._buffers):
+                if name in table:
+                    return table[name]
+        return super().fetch_attr(target)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
         value = super().get_attr(target, args, kwargs)
@@ -716,12 +825,14 @@ _FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
 
 @contextlib.contextmanager
 def _quiet(logger: logging.Logger) -> Iterator[None]:
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    # not setLevel: it clears the level cache of every logger (about 1 ms with torch's), and
+    # the tracer goes quiet once per value it needs
+    disabled = logger.disabled
+    logger.disabled = True
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.disabled = disabled
 
 
 def _on_meta(gm: torch.nn.Module, inputs: tuple[object, ...]) -> bool:
@@ -738,6 +849,13 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
     in memory) runs on fake tensors like any other; where that fails there is no data to fall
     back on, and the `InputError` says so.
     """
+    _propagate(gm, inputs, None)
+
+
+def _propagate(gm: torch.fx.GraphModule, inputs: tuple[object, ...],
+               known: _FakeValues | None) -> None:
+    """`propagate_shapes`, going on from the values the tracer computed (`known`) where the
+    run in eval mode gives the same: only the nodes after them run."""
     # never update BatchNorm statistics while looking at shapes (the modules in training mode
     # switch, not every module twice); an exported graph has the mode it was captured in
     # written into its ops
@@ -747,14 +865,17 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple[object, ...]) -> No
         m.training = False
     # modules the table does not know (leaves) run their own code, which may cache a tensor
     opaque = {sub for node in gm.graph.nodes if node.op == "call_module"
-              for module in [gm.get_submodule(node.target)]
-              if ops.lookup_module(module) is None for sub in module.modules()}
+              for sub in _opaque_modules(gm.get_submodule(node.target))}
+    if known is not None and training and (opaque or any(
+            LEAF_KEY in n.meta for n in gm.graph.nodes if n.op == "call_function")):
+        known = None  # code of the model's own ran in training mode while tracing
     try:
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        mode = known.mode if known is not None else FakeTensorMode(allow_non_fake_inputs=True)
         fake = tree_map_only(torch.Tensor, mode.from_tensor, inputs)
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(opaque):
-                _ShapeProp(gm, mode).run(*fake)
+                # the tracer ran the inputs all or none (`_Tracer._value`)
+                _ShapeProp(gm, mode).run(*fake, initial_env=known.env if known else None)
         except InputError as fake_failed:
             log.info("fake shape propagation failed; running the model once on the real inputs")
             try:
@@ -817,6 +938,7 @@ def trace(
         raise InputError(f"example_kwargs {', '.join(odd)}: a keyword input is a tensor or a "
                          "constant (bool, number, string, None), or a list, tuple or dict of "
                          "tensors, nested")
+    known: _FakeValues | None = None  # values the symbolic tracer computed on the way
     if isinstance(model, torch.fx.GraphModule):
         gm, leaves, how = model, {}, model.meta.get(CAPTURE_KEY, "symbolic")
     else:
@@ -824,8 +946,8 @@ def trace(
             if capture == "export":
                 gm, leaves, how = _export(model, inputs, kwargs), {}, "export"
             else:
-                gm, leaves, how = _capture_symbolic(model, inputs, kwargs, tuple(leaf_modules),
-                                                    fallback=capture == "auto")
+                gm, leaves, how, known = _capture_symbolic(
+                    model, inputs, kwargs, tuple(leaf_modules), fallback=capture == "auto")
         except (TraceError, InputError) as exc:
             if not isinstance(example_inputs, list) or len(example_inputs) < 2:
                 raise
@@ -845,7 +967,7 @@ def trace(
             owner = node.target.rpartition(".")[0]
             with contextlib.suppress(AttributeError):
                 node.meta[OWNER_KEY] = ParamOwner(owner, type(model.get_submodule(owner)))
-    propagate_shapes(gm, inputs)
+    _propagate(gm, inputs, known)
     return gm
 
 
@@ -864,17 +986,19 @@ def with_code(gm: torch.nn.Module) -> torch.nn.Module:
 
 def _capture_symbolic(model: torch.nn.Module, inputs: tuple[object, ...],
                       kwargs: dict[str, object], leaf_types: tuple[type, ...], *,
-                      fallback: bool) -> tuple[torch.fx.GraphModule, dict[str, LeafReason], str]:
-    """Symbolic tracing; with `fallback`, torch.export where it fails or makes leaves."""
+                      fallback: bool
+                      ) -> tuple[torch.fx.GraphModule, dict[str, LeafReason], str, _FakeValues | None]:
+    """Symbolic tracing; with `fallback`, torch.export where it fails or makes leaves. Also
+    the values the symbolic tracer computed on fake tensors, where its graph is returned."""
     concrete = _defaults(model, len(inputs), kwargs)
     concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
     try:
-        gm, leaves = _symbolic_trace(model, leaf_types, concrete, _Example(inputs, kwargs))
+        gm, leaves, known = _symbolic_trace(model, leaf_types, concrete, _Example(inputs, kwargs))
     except TraceError as symbolic:
         if not fallback:
             raise
         try:
-            return _export(model, inputs, kwargs), {}, "export (symbolic tracing failed)"
+            return _export(model, inputs, kwargs), {}, "export (symbolic tracing failed)", None
         except TraceError as exported:
             raise TraceError(f"{symbolic} And {exported}") from symbolic
     if leaves and fallback:
@@ -882,14 +1006,14 @@ def _capture_symbolic(model: torch.nn.Module, inputs: tuple[object, ...],
             exported = _export(model, inputs, kwargs)
         except TraceError as exc:
             log.info("torch.export failed too, keeping %d leaves: %s", len(leaves), exc)
-            return gm, leaves, "symbolic"
+            return gm, leaves, "symbolic", known
         regions = [n for n in exported.graph.nodes
                    if isinstance(n.target, torch._ops.HigherOrderOperator)]
         if regions:  # an autocast or checkpoint region is as opaque as a leaf, and larger
             log.info("torch.export wraps %s in a region, keeping %d leaves", regions[0], len(leaves))
-            return gm, leaves, "symbolic"
-        return exported, {}, f"export (symbolic tracing left {len(leaves)} submodules opaque)"
-    return gm, leaves, "symbolic"
+            return gm, leaves, "symbolic", known
+        return exported, {}, f"export (symbolic tracing left {len(leaves)} submodules opaque)", None
+    return gm, leaves, "symbolic", known
 
 
 def _export(model: torch.nn.Module, inputs: tuple[object, ...],

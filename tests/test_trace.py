@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import group_with
+from helpers import group_with, summary
 from torch import nn
 
 import fxprune
+from fxprune.trace import propagate_shapes
 
 
 class Gate(nn.Module):
@@ -78,6 +79,55 @@ def test_conditions_and_ints_on_sizes_are_taken_from_the_example(size: int) -> N
     assert group_with(graph, "a.weight", 0).prunable
 
 
+class RankChecks(nn.Module):
+    """Checks of a rank, as timm's norm-act layers make (``_assert(x.ndim == 4, ...)``, in
+    every layer of EfficientNet) and models branch on, after a traced op and after a leaf."""
+
+    def __init__(self, gate: bool = False) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.gate = Gate() if gate else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gate(self.a(x))
+        torch._assert(y.ndim == 4, f"expected 4D input (got {y.ndim}D input)")
+        if y.dim() == 4 and y.ndimension() > 2:
+            y = y.relu()
+        return self.b(y)
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_ranks_are_taken_from_the_example_and_leave_no_node(gate: bool) -> None:
+    model = RankChecks(gate)
+    x = torch.randn(1, 3, 4, 4)
+    gm = fxprune.trace(model, x)
+    ops = [n.target for n in gm.graph.nodes if n.op in ("call_module", "call_method", "call_function")]
+    assert ops == (["a", "gate", "relu", "b"] if gate else ["a", "relu", "b"])
+    assert gm.meta["fxprune.specialised"] == ()  # every shape fixes the rank anyway
+    torch.testing.assert_close(gm(x), model(x))
+    graph = fxprune.analyze(gm)
+    if gate:  # the leaf's output: its rank from the example's value there
+        assert "submodule 'gate' made a leaf" in group_with(graph, "a.weight", 0).reason
+    else:
+        assert summary(graph) == {frozenset({"a.weight:0", "a.bias:0", "b.weight:1"}): (4, True, True),
+                                  frozenset({"b.weight:0", "b.bias:0"}): (2, False, True)}
+
+
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_the_values_computed_while_tracing_give_the_shapes_of_a_full_run(
+        gate: bool, training: bool) -> None:
+    """trace() propagates shapes from the values the tracer computed for the ranks: the
+    same as propagate_shapes running the graph anew."""
+    model = nn.Sequential(RankChecks(gate), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(18, 3))
+    x = torch.randn(2, 3, 3, 3)
+    gm = fxprune.trace(model.train(training), x)
+    traced = {n.name: n.meta["tensor_meta"] for n in gm.graph.nodes}
+    propagate_shapes(gm, (x,))
+    assert traced == {n.name: n.meta["tensor_meta"] for n in gm.graph.nodes}
+    assert gm.training is training
+
+
 def test_a_condition_on_values_still_makes_a_leaf() -> None:
     gm = fxprune.trace(WithGate(), torch.randn(1, 3, 4, 4))
     assert [n.target for n in gm.graph.nodes if "fxprune.leaf" in n.meta] == ["gate"]
@@ -146,6 +196,15 @@ def test_trace_does_not_touch_batchnorm_statistics() -> None:
     gm = fxprune.trace(model, torch.randn(2, 3, 4, 4) + 5)
     assert torch.equal(gm.get_submodule("1").running_mean, before)
     assert gm.training
+
+
+def test_a_leaf_run_on_the_example_leaves_batchnorm_statistics_alone() -> None:
+    """A leaf that reads values runs on the example itself while tracing, and so do the layers
+    before it: a norm among them, in training mode, must not update its statistics."""
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), RankChecks(gate=True)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fxprune.trace(model, torch.randn(2, 3, 4, 4) + 5, capture="symbolic")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_shapes_are_recorded_on_every_node() -> None:
