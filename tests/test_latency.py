@@ -14,7 +14,14 @@ import fxprune
 from fxprune.app.job import Job, JobConfig
 from fxprune.app.model_zoo import DigitsNet
 from fxprune.baselines import Scorer
-from fxprune.latency import Timing, latency_table, meet_latency, parse_target, plan_latency
+from fxprune.latency import (
+    OnnxRuntimeTimer,
+    Timing,
+    latency_table,
+    meet_latency,
+    parse_target,
+    plan_latency,
+)
 
 STEP = 8
 
@@ -198,3 +205,18 @@ def test_groups_whose_channels_cost_more_start_further_toward_pruning(digits) ->
     assert [c[g] for g in ranked] == sorted(c.values())
     assert all(1.05 - 1e-9 <= v <= 1.8 + 1e-9 for v in c.values())  # c0 - 1 scaled within 4x
     assert fxprune.latency.latency_c(table, 1.0) == dict.fromkeys(table.curves, 1.0)
+
+
+def test_the_onnxruntime_timer_takes_a_graph_captured_by_torch_export() -> None:
+    """The timer writes files with the fast legacy exporter, which cannot take a graph captured
+    by torch.export (a Hugging Face model's): those go through torch.export's exporter. Only
+    that a time comes back is checked; how long is the benchmark's business."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 8)
+    gm = fxprune.trace(model, x, capture="export")
+    graph = fxprune.analyze(gm)
+    timer = OnnxRuntimeTimer(gm, x, batch=2, warmup=1, repeats=2)
+    slim = fxprune.prune_channels(gm, graph, {graph.prunable[0].id: [0, 1]})
+    timing = timer(slim, (x,))
+    assert timer.base_ms > 0 and timing.ms > 0
