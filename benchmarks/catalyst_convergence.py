@@ -9,9 +9,14 @@ margin, MACs cut. Each epoch's log10 c of every channel is kept, and the slowest
 trajectories are plotted, so the channels that stall can be seen.
 
 ``--remedy`` names the variants of opt1 to run (``VARIANTS``): ``default`` is fxprune's
-(gamma 0.02, D moved by the regulariser alone, weight decay on every parameter), ``paper``
-the method as written (D also receives the task loss's gradient), and two more change one
-thing of the paper's: gamma doubled, or no weight decay on D.
+(SGD lr 0.02, gamma 0.02, D moved by the regulariser alone, weight decay on every parameter),
+``paper`` the method as written (D also receives the task loss's gradient), and the others
+change one thing: of the paper's, gamma doubled or no weight decay on D; of the default,
+gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate lowered with gamma
+raised so that the regulariser's step lr * gamma stays (``lr-0.01``, ``lr-0.005``,
+``lr-0.002``), G made of the norm's scale and shift alone (``bn``, the paper's "Ours-BN"), or
+no penalty at all (``no-penalty``: what the loop alone costs; its pruning step means nothing).
+``--c 1.0`` runs the transition with nothing to prune in the end.
 
 Every epoch's top-1 is measured after re-estimating BatchNorm's running statistics
 (``precise_bn``; training never reads them), and also as it stood (in brackets): the running
@@ -195,12 +200,17 @@ def pretrain(arch: str, loaders: dict, seed: int, epochs: int = 20) -> nn.Module
     return catalyst_digits.pretrain(loaders, epochs, ARCHS[arch]())
 
 
-# What each variant changes from fxprune's defaults (gamma 0.02, D moved by the regulariser
-# alone, weight decay on every parameter). "paper" is the method as written: D also receives
-# the task loss's gradient; the other two change one thing of it.
+# What each variant changes from fxprune's defaults (SGD lr 0.02, gamma 0.02, D moved by the
+# regulariser alone, weight decay on every parameter); see the module's docstring.
 VARIANTS = {"default": {}, "paper": {"loss_gradient": True},
             "paper-gamma-0.04": {"loss_gradient": True, "gamma": 0.04},
-            "paper-no-wd-on-d": {"loss_gradient": True, "decay_d": False}}
+            "paper-no-wd-on-d": {"loss_gradient": True, "decay_d": False},
+            "lr-0.005": {"lr": 0.005, "gamma": 0.08},
+            "lr-0.002": {"lr": 0.002, "gamma": 0.2},
+            "bn": {"target": "bn"},
+            "gamma-0.01": {"gamma": 0.01},
+            "lr-0.01": {"lr": 0.01, "gamma": 0.04},
+            "no-penalty": {"gamma": 0.0}}
 
 
 def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int, seed: int) -> dict:
@@ -209,9 +219,10 @@ def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int, se
     torch.manual_seed(seed + 1)
     variant = VARIANTS[remedy]
     pruner = CatalystPruner(copy.deepcopy(base), x, c=c0, gamma=variant.get("gamma", 0.02),
-                            loss_gradient=variant.get("loss_gradient", False))
+                            loss_gradient=variant.get("loss_gradient", False),
+                            target=variant.get("target", "group"))
     if variant.get("decay_d", True):
-        optimizer = pruner.sgd(lr=0.02, momentum=0.9, weight_decay=5e-4)
+        optimizer = pruner.sgd(lr=variant.get("lr", 0.02), momentum=0.9, weight_decay=5e-4)
     else:
         d = [p for name, p in pruner.model.named_parameters() if name.endswith(".d")]
         rest = [p for name, p in pruner.model.named_parameters() if not name.endswith(".d")]
@@ -334,7 +345,8 @@ def main() -> int:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     for group in dict.fromkeys((r["remedy"], r["arch"], r["c0"]) for r in rows):
         runs = [r for r in rows if (r["remedy"], r["arch"], r["c0"]) == group]
-        effective = 0.02 * VARIANTS[group[0]].get("gamma", 0.02) / (1 - 0.9)
+        variant = VARIANTS[group[0]]
+        effective = variant.get("lr", 0.02) * variant.get("gamma", 0.02) / (1 - 0.9)
         print(f"| {' | '.join(map(str, group))} | {', '.join(str(r['epochs']) for r in runs)} | "
               f"{max(r['epochs'] * r['steps_per_epoch'] for r in runs) * effective:.1f} | "
               f"{sum(r['converged'] for r in runs)} of {len(runs)} | "
@@ -346,8 +358,13 @@ def main() -> int:
     for remedy in dict.fromkeys(r["remedy"] for r in rows):
         runs = [r for r in rows if r["remedy"] == remedy]
         slowest = max(runs, key=lambda r: (not r["converged"], r["epochs"]))
-        plot(slowest, np.load(runs_dir / f"{_name(slowest)}.npy"),
-             out / f"catalyst_convergence_slowest_{remedy}.png")
+        if VARIANTS[remedy].get("gamma", 0.02) > 0:  # without a penalty nothing decides
+            # drawn from every saved run of the remedy, so that a partial rerun (one
+            # architecture, one c0) does not replace the study's slowest with its own
+            drawn = max((r for r in done if r["remedy"] == remedy),
+                        key=lambda r: (not r["converged"], r["epochs"]))
+            plot(drawn, np.load(runs_dir / f"{_name(drawn)}.npy"),
+                 out / f"catalyst_convergence_slowest_{remedy}.png")
         converged = [r for r in runs if r["converged"]]
         cut = [r["macs_ratio"] for r in runs if r["c0"] == 1.2]
         print(f"\n{remedy}: {len(converged)} of {len(runs)} runs converged within {args.cap} "

@@ -50,3 +50,20 @@ def test_the_convergence_study_resumes_and_traces_every_architecture(tmp_path: P
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.stdout.splitlines()[2] == first.stdout.splitlines()[2]  # read back, not rerun
     assert json.loads((tmp_path / "catalyst_convergence.json").read_text()) == rows
+
+
+def test_minilm_trains_on_no_held_out_sentence() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import minilm
+    from stdlib_text import sentences
+
+    held_out = sentences(minilm.EVAL_MODULES, 512)
+    assert minilm.train_modules("listed") == minilm.TRAIN_MODULES
+    modules = minilm.train_modules("stdlib")
+    assert not {m.split(".")[0] for m in minilm.EVAL_MODULES} & set(modules)
+    # the listed modules' docstrings repeat some held-out sentences word for word
+    assert set(sentences(minilm.TRAIN_MODULES, 4096)) & set(held_out)
+    for which in ("listed", "stdlib"):
+        text = minilm.training_text(which, 100_000, held_out)
+        assert text and not set(text) & set(held_out), which
+    assert len(minilm.training_text("stdlib", 100, held_out)) == 100
