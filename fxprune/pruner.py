@@ -119,8 +119,10 @@ class CatalystPruner:
         self.intermediate: torch.fx.GraphModule | None = None
         self.removed: dict[int, list[int]] | None = None
         if not self.initial_norm:
-            warnings.warn("fxprune: no group of this model can hold a catalyst; nothing will be "
-                          "pruned", stacklevel=2)
+            why = (" (target='bn' gives one only to groups with a norm's scale or shift of their "
+                   "own; target='group' uses the layers' weights)" if target == "bn" else "")
+            warnings.warn(f"fxprune: no group of this model can hold a catalyst{why}; nothing "
+                          "will be pruned", stacklevel=2)
 
     # --- opt1 -----------------------------------------------------------------------------
 

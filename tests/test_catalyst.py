@@ -384,3 +384,11 @@ def test_spearman_is_nan_where_a_side_is_constant_or_too_short() -> None:
     assert np.isnan(spearman(np.array([1.0, 2.0, 3.0]), np.zeros(3)))
     assert np.isnan(spearman(np.ones(3), np.array([1.0, 2.0, 3.0])))
     assert np.isnan(spearman(np.array([1.0]), np.array([0.0])))
+
+
+def test_a_bn_target_on_a_model_without_norms_says_why_nothing_holds_a_catalyst() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.warns(UserWarning, match="target='bn' gives one only to groups with a norm"):
+        pruner = CatalystPruner(model, torch.randn(2, 8), target="bn")
+    with pytest.raises(fxprune.InputError, match="holds no catalyst"):
+        pruner.penalty()
