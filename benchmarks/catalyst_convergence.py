@@ -12,9 +12,9 @@ trajectories are plotted, so the channels that stall can be seen.
 (SGD lr 0.02, gamma 0.02, D moved by the regulariser alone, weight decay on every parameter),
 ``paper`` the method as written (D also receives the task loss's gradient), and the others
 change one thing: of the paper's, gamma doubled or no weight decay on D; of the default,
-gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate lowered with gamma
-raised so that the regulariser's step lr * gamma stays (``lr-0.01``, ``lr-0.005``,
-``lr-0.002``), G made of the norm's scale and shift alone (``bn``, the paper's "Ours-BN"), or
+gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate halved with gamma
+doubled so that the regulariser's step lr * gamma stays (``lr-0.01``), G made of the norm's
+scale and shift alone (``bn``, the paper's "Ours-BN"), or
 no penalty at all (``no-penalty``: what the loop alone costs; its pruning step means nothing).
 ``--c 1.0`` runs the transition with nothing to prune in the end.
 
@@ -200,17 +200,20 @@ def pretrain(arch: str, loaders: dict, seed: int, epochs: int = 20) -> nn.Module
     return catalyst_digits.pretrain(loaders, epochs, ARCHS[arch]())
 
 
-# What each variant changes from fxprune's defaults (SGD lr 0.02, gamma 0.02, D moved by the
-# regulariser alone, weight decay on every parameter); see the module's docstring.
+# What each variant changes from fxprune's defaults (`DEFAULTS`; see the module's docstring).
+DEFAULTS = {"lr": 0.02, "gamma": 0.02, "loss_gradient": False, "target": "group", "decay_d": True}
 VARIANTS = {"default": {}, "paper": {"loss_gradient": True},
             "paper-gamma-0.04": {"loss_gradient": True, "gamma": 0.04},
             "paper-no-wd-on-d": {"loss_gradient": True, "decay_d": False},
-            "lr-0.005": {"lr": 0.005, "gamma": 0.08},
-            "lr-0.002": {"lr": 0.002, "gamma": 0.2},
             "bn": {"target": "bn"},
             "gamma-0.01": {"gamma": 0.01},
             "lr-0.01": {"lr": 0.01, "gamma": 0.04},
             "no-penalty": {"gamma": 0.0}}
+
+
+def settings(remedy: str) -> dict:
+    """The remedy's opt1 settings: `DEFAULTS` with what the variant changes."""
+    return DEFAULTS | VARIANTS[remedy]
 
 
 def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int,
@@ -219,19 +222,18 @@ def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int,
     where the variant gives no group a catalyst."""
     x = torch.randn(1, 1, 8, 8)
     torch.manual_seed(seed + 1)
-    variant = VARIANTS[remedy]
-    pruner = CatalystPruner(copy.deepcopy(base), x, c=c0, gamma=variant.get("gamma", 0.02),
-                            loss_gradient=variant.get("loss_gradient", False),
-                            target=variant.get("target", "group"))
+    variant = settings(remedy)
+    pruner = CatalystPruner(copy.deepcopy(base), x, c=c0, gamma=variant["gamma"],
+                            loss_gradient=variant["loss_gradient"], target=variant["target"])
     if not pruner.initial_norm:  # the "bn" target on a model whose groups hold no norm
         return None
-    if variant.get("decay_d", True):
-        optimizer = pruner.sgd(lr=variant.get("lr", 0.02), momentum=0.9, weight_decay=5e-4)
+    if variant["decay_d"]:
+        optimizer = pruner.sgd(lr=variant["lr"], momentum=0.9, weight_decay=5e-4)
     else:
         d = [p for name, p in pruner.model.named_parameters() if name.endswith(".d")]
         rest = [p for name, p in pruner.model.named_parameters() if not name.endswith(".d")]
         optimizer = torch.optim.SGD([{"params": rest}, {"params": d, "weight_decay": 0.0}],
-                                    lr=0.02, momentum=0.9, weight_decay=5e-4)
+                                    lr=variant["lr"], momentum=0.9, weight_decay=5e-4)
     # each run its own batch order, so that a run's figures do not depend on which ran before
     train = DataLoader(loaders["train"].dataset, batch_size=32, shuffle=True,
                        generator=torch.Generator().manual_seed(seed + 1))
@@ -353,8 +355,8 @@ def main() -> int:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     for group in dict.fromkeys((r["remedy"], r["arch"], r["c0"]) for r in rows):
         runs = [r for r in rows if (r["remedy"], r["arch"], r["c0"]) == group]
-        variant = VARIANTS[group[0]]
-        effective = variant.get("lr", 0.02) * variant.get("gamma", 0.02) / (1 - 0.9)
+        variant = settings(group[0])
+        effective = variant["lr"] * variant["gamma"] / (1 - 0.9)
         print(f"| {' | '.join(map(str, group))} | {', '.join(str(r['epochs']) for r in runs)} | "
               f"{max(r['epochs'] * r['steps_per_epoch'] for r in runs) * effective:.1f} | "
               f"{sum(r['converged'] for r in runs)} of {len(runs)} | "
@@ -366,7 +368,7 @@ def main() -> int:
     for remedy in dict.fromkeys(r["remedy"] for r in rows):
         runs = [r for r in rows if r["remedy"] == remedy]
         slowest = max(runs, key=lambda r: (not r["converged"], r["epochs"]))
-        if VARIANTS[remedy].get("gamma", 0.02) > 0:  # without a penalty nothing decides
+        if settings(remedy)["gamma"] > 0:  # without a penalty nothing decides
             # drawn from every saved run of the remedy, so that a partial rerun (one
             # architecture, one c0) does not replace the study's slowest with its own
             drawn = max((r for r in done if r["remedy"] == remedy),
