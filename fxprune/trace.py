@@ -56,6 +56,7 @@ SPECIALISED_KEY = "fxprune.specialised"  # gm.meta: `Specialised` values, from e
 OWNER_KEY = "fxprune.owner"
 # Frames inside torch are fx, nn.Module or torch-function machinery, never the user's line.
 _SKIP_DIR = os.path.dirname(torch.__file__) + os.sep
+_UNKNOWN = object()  # a cache miss, where None is a value
 MAX_LEAF_RETRIES = 32
 
 
@@ -719,7 +720,7 @@ class _ShapeProp(_Run):
         # fetch_attr walks a dotted path per call: resolve each module name, and each module
         # class's shape rule, once.
         self._modules = dict(gm.named_modules(remove_duplicate=False))
-        self._shape_rules: dict[type, ShapeRule | None] = {}
+        self._shape_rules: dict[object, ShapeRule | None] = {}
         # run_node's InputError already names the node and the user's line; fx's extra
         # traceback would append them again, plus a pointer to tlparse, to the message.
         self.extra_traceback = False
@@ -748,38 +749,42 @@ class _ShapeProp(_Run):
             return FakeTensor(self.mode, meta, value.device)
         return self.mode.from_tensor(value)
 
-    def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
-        # timm's norm-act layers call F.batch_norm: its fake kernel costs about 50 times the
-        # check of its per-channel tensors' sizes against the input's channels
-        if target is torch.nn.functional.batch_norm and args and isinstance(args[0], FakeTensor):
-            x = args[0]
-            per_channel = [*args[1:5], *(kwargs.get(k) for k in ("weight", "bias"))]
-            if x.dim() >= 2 and all(t is None or isinstance(t, torch.Tensor) and t.shape == (x.shape[1],)
-                                    for t in per_channel):
-                return _empty(x, tuple(x.shape))
-        return super().call_function(target, args, kwargs)
-
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
-        module = self._modules[target]
-        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            # Fake kernels of common modules cost far more than the arithmetic of their shapes.
-            rule = self._shape_rule(module)
-            shape = rule(module, args[0]) if rule is not None else None
-            if shape is not None:
-                return _empty(args[0], shape)
-        return module(*args, **kwargs)
+        return self._modules[target](*args, **kwargs)
 
-    def _shape_rule(self, module: torch.nn.Module) -> ShapeRule | None:
-        """The op table's shape rule for the module's class, if it has one."""
-        cls = type(module)
-        if cls not in self._shape_rules:
-            entry = ops.lookup_module(module)  # decided by the class alone
-            self._shape_rules[cls] = entry.shape if entry is not None else None
-        return self._shape_rules[cls]
+    def _by_rule(self, n: torch.fx.Node, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The node's output made from its op's shape rule in the op table, or None where it
+        has none or the rule is unsure. Only on fake (or meta) tensors: values are never made
+        up where a real run was asked for. Fake kernels of common ops cost far more than the
+        arithmetic of their shapes."""
+        module = self._modules[n.target] if n.op == "call_module" else None
+        key: object = type(module) if module is not None else (n.op, n.target)
+        try:
+            rule = self._shape_rules.get(key, _UNKNOWN)
+        except TypeError:  # an unhashable target
+            return None
+        if rule is _UNKNOWN:
+            entry = ops.lookup(n, module)  # a module's entry is decided by its class alone
+            rule = self._shape_rules[key] = entry.shape if entry is not None else None
+        if rule is None:
+            return None
+        like = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if like is None or not (isinstance(like, FakeTensor) or like.is_meta):
+            return None
+        shape = rule(module, args, kwargs)
+        return _empty(like, shape) if shape is not None else None
 
     def run_node(self, n: torch.fx.Node) -> object:
+        # Interpreter.run_node's context (a node-meta scope for passes that create nodes, a
+        # debug log) costs as much as a rule's whole op: nothing here creates nodes.
         try:
-            result = super().run_node(n)
+            if n.op == "get_attr":
+                result = self.get_attr(n.target, (), {})
+            else:
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                result = self._by_rule(n, args, kwargs) if n.op.startswith("call_") else None
+                if result is None:
+                    result = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
             raise InputError(
                 f"the example inputs do not run through the model: node {describe(n)} failed "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import operator
+
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import group_with, summary
 from torch import nn
 
@@ -238,3 +242,111 @@ def test_a_traced_module_writes_its_code_when_first_needed() -> None:
     gm = fxprune.trace(WithGate(), torch.randn(2, 3, 5, 5))
     assert list(inspect.signature(with_code(gm).forward).parameters) == ["x"]
     assert "def forward(self, x" in gm.code
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape).to(dtype)
+
+
+# (op, args, kwargs): a function, or a method's name with self first
+_RULE_ANSWERS = [
+    ("add", operator.add, (_randn(2, 3, 4, 4), _randn(1, 3, 1, 1)), {}),
+    ("mul by a number", operator.mul, (_randn(2, 3), 2), {}),
+    ("number minus tensor", operator.sub, (1.5, _randn(2, 3)), {}),
+    ("torch.add alpha", torch.add, (_randn(2, 3), _randn(3)), {"alpha": 2}),
+    ("divide", operator.truediv, (_randn(4), _randn(2, 1)), {}),
+    ("half times half", operator.mul, (_randn(2, 3, dtype=torch.half), _randn(3, dtype=torch.half)), {}),
+    ("method mul", "mul", (_randn(2, 3, 1), _randn(5)), {}),
+    ("mean keepdim", "mean", (_randn(2, 3, 4, 5), (2, 3), True), {}),
+    ("mean by keyword", "mean", (_randn(2, 3, 4, 5),), {"dim": -1}),
+    ("sum", torch.sum, (_randn(2, 3, 4, 5), [1, -1]), {}),
+    ("amax", "amax", (_randn(2, 3, 4), 1), {"keepdim": True}),
+    ("silu", F.silu, (_randn(2, 3),), {}),
+    ("leaky relu", F.leaky_relu, (_randn(3), 0.1), {"inplace": False}),
+    ("sigmoid method", "sigmoid", (_randn(2, 2),), {}),
+    ("batch_norm", F.batch_norm, (_randn(2, 3, 4), torch.zeros(3), torch.ones(3), _randn(3),
+                                  _randn(3), False, 0.1, 1e-5), {}),
+]
+_RULE_DECLINES = [
+    ("int plus float", operator.add, (torch.arange(4), 0.5), {}),
+    ("int plus int", operator.add, (torch.arange(4), torch.arange(4)), {}),
+    ("half plus float", operator.add, (_randn(3, dtype=torch.half), _randn(3)), {}),
+    ("not contiguous", operator.add, (_randn(3, 4).t(), _randn(3)), {}),
+    ("shapes that do not broadcast", operator.add, (_randn(3), _randn(4)), {}),
+    ("complex number", operator.mul, (_randn(3), 1j), {}),
+    ("divide with rounding", torch.div, (_randn(3), _randn(3)), {"rounding_mode": "floor"}),
+    ("mean of everything", "mean", (_randn(2, 3),), {}),
+    ("mean to a dtype", "mean", (_randn(2, 3), 1), {"dtype": torch.float64}),
+    ("a dim named twice", "sum", (_randn(2, 3), (1, -1)), {}),
+    ("a dim out of range", "sum", (_randn(2, 3), 2), {}),
+    ("sum of ints", "sum", (torch.arange(6).view(2, 3), 1), {}),
+    ("sigmoid of ints", torch.sigmoid, (torch.arange(3),), {}),
+    ("clamp by a tensor", F.hardtanh, (_randn(3), -1.0, 1.0), {"out": _randn(3)}),
+    ("batch_norm of other channels", F.batch_norm, (_randn(2, 3, 4), torch.zeros(4),
+                                                    torch.ones(4)), {}),
+]
+
+
+def _rule(op: object) -> object:
+    entry = fxprune.ops.METHODS[op] if isinstance(op, str) else fxprune.ops.FUNCTIONS[op]
+    assert entry.shape is not None, f"{op} has no shape rule"
+    return entry.shape
+
+
+def _run(op: object, args: tuple, kwargs: dict) -> torch.Tensor:
+    return getattr(args[0], op)(*args[1:], **kwargs) if isinstance(op, str) else op(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", _RULE_ANSWERS, ids=[c[0] for c in _RULE_ANSWERS])
+def test_a_shape_rule_gives_what_the_kernel_gives(case: tuple) -> None:
+    """Where a rule answers, its promise holds: the kernel's shape, the first tensor's dtype
+    and device."""
+    _, op, args, kwargs = case
+    out = _run(op, args, kwargs)
+    first = next(a for a in args if isinstance(a, torch.Tensor))
+    assert _rule(op)(None, args, kwargs) == tuple(out.shape)
+    assert (out.dtype, out.device) == (first.dtype, first.device)
+
+
+@pytest.mark.parametrize("case", _RULE_DECLINES, ids=[c[0] for c in _RULE_DECLINES])
+def test_a_shape_rule_leaves_promotions_layouts_and_errors_to_the_kernel(case: tuple) -> None:
+    _, op, args, kwargs = case
+    assert _rule(op)(None, args, kwargs) is None
+
+
+def test_the_traced_shapes_of_ops_with_rules_are_the_kernels(caplog: pytest.LogCaptureFixture) -> None:
+    """A model made of the ops with rules: tracing (rules on fake tensors, with no fallback to
+    a real run) records the shapes and dtypes a real run gives."""
+
+    class Ops(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.batch_norm(self.conv(x), self.bn.running_mean, self.bn.running_var,
+                             self.bn.weight, self.bn.bias)
+            s = F.silu(y).mean((2, 3), keepdim=True).sigmoid()
+            z = 1.0 - y * s / 2 + torch.add(y, s, alpha=0.5)
+            return z.amax(-1) + z.sum(dim=[1, 2]).unsqueeze(1)
+
+    model, x = Ops().eval(), torch.randn(2, 3, 6, 6)
+    with caplog.at_level(logging.INFO, logger="fxprune.trace"):
+        gm = fxprune.trace(model, x)
+    assert not [r for r in caplog.records if "propagation failed" in r.getMessage()]
+    traced = {n.name: (n.meta["tensor_meta"].shape, n.meta["tensor_meta"].dtype)
+              for n in gm.graph.nodes if n.op != "output"}
+    real: dict[str, tuple[torch.Size, torch.dtype]] = {}
+    interpreter = torch.fx.Interpreter(gm)
+    original = interpreter.run_node
+
+    def record(n: torch.fx.Node) -> object:
+        value = original(n)
+        if n.op != "output":
+            real[n.name] = (value.shape, value.dtype)
+        return value
+
+    interpreter.run_node = record
+    interpreter.run(x)
+    assert traced == real

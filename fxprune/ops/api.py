@@ -25,8 +25,9 @@ CHANNEL_SIZED_KEY = "fxprune.channel_sized"
 # After surgery sliced the parameters: fix a module's size attributes / a node's constants.
 Sync = Callable[[nn.Module, "Resize", torch.fx.Node], None]
 Rewrite = Callable[["Resize", torch.fx.Node], None]
-# The output shape of a module from its attributes and its input, or None to run it.
-ShapeRule = Callable[[nn.Module, torch.Tensor], "tuple[int, ...] | None"]
+# The output shape from the op's module (None for a function or method), args and kwargs, or
+# None to run the op (see `fxprune.ops.shapes`).
+ShapeRule = Callable[[nn.Module | None, tuple, dict], "tuple[int, ...] | None"]
 
 
 @dataclass(frozen=True, kw_only=True)

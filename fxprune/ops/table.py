@@ -31,9 +31,10 @@ _NORM_PARAMS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
 _BATCHNORM = Op(flow=rules.batchnorm, out_params=_NORM_PARAMS, sync=surgery.sync_batchnorm,
                 catalyst_after=True, norm=True, fresh=True, shape=shapes.same)
 UNARY = Op(flow=rules.unary, shape=shapes.same)
-ACTIVATION = Op(flow=rules.unary, catalyst_after=True, shape=shapes.same)
+ACTIVATION = Op(flow=rules.unary, catalyst_after=True, shape=shapes.activation)
 ELEMENTWISE = Op(flow=rules.elementwise)
-ARITHMETIC = Op(flow=rules.elementwise, fresh=True)  # x + y makes a new tensor; x.add_(y) does not
+# x + y makes a new tensor; x.add_(y) does not
+ARITHMETIC = Op(flow=rules.elementwise, fresh=True, shape=shapes.broadcast)
 RESIZE = Op(flow=rules.resize)
 POOL = Op(flow=rules.resize, fresh=True)
 RESHAPE = Op(flow=rules.reshape)
@@ -92,11 +93,12 @@ _MATMUL = Op(flow=rules.matmul)
 _CAT = Op(flow=rules.cat, fresh=True)
 # Over channels: a zeroed channel adds nothing to a sum or a norm; it still counts in a mean,
 # a variance, a maximum (see `fl.reduce`).
-_SUM = Op(flow=rules.reduce_dims("exact"))
+_SUM = Op(flow=rules.reduce_dims("exact"), shape=shapes.reduction)
 _NORM = Op(flow=rules.reduce_dims("exact", dim_at=2))
 _REDUCE = Op(flow=rules.reduce_dims("inexact"))
+_MEAN = replace(_REDUCE, shape=shapes.reduction)  # max and min may return (values, indices)
 _SOFTMAX = Op(flow=rules.softmax)
-_DIVIDE = Op(flow=rules.divide)
+_DIVIDE = Op(flow=rules.divide, shape=shapes.broadcast)
 _INEXACT = Op(flow=rules.inexact_unary)
 
 FUNCTIONS: dict[Callable[..., object], Op] = {
@@ -137,8 +139,9 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
     F.scaled_dot_product_attention: Op(flow=rules.sdpa),
     torch.sum: _SUM,
     torch.norm: _NORM,
-    **dict.fromkeys((torch.mean, torch.std, torch.var, torch.logsumexp, torch.amax, torch.amin,
-                     torch.prod, torch.max, torch.min), _REDUCE),
+    **dict.fromkeys((torch.mean, torch.amax, torch.amin), _MEAN),
+    **dict.fromkeys((torch.std, torch.var, torch.logsumexp, torch.prod, torch.max, torch.min),
+                    _REDUCE),
     **dict.fromkeys((torch.softmax, F.softmax, F.log_softmax, torch.log_softmax), _SOFTMAX),
     torch.cumsum: Op(flow=rules.mixes_along((1, "dim"))),
     torch.repeat_interleave: Op(flow=rules.repeat_interleave),
@@ -153,7 +156,7 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
                     Op(flow=rules.functional_conv, rewrite=surgery.rewrite_conv_groups,
                        produces=1, fresh=True)),
     F.batch_norm: Op(flow=rules.functional_batch_norm, catalyst_after=True, norm=True,
-                     fresh=True),
+                     fresh=True, shape=shapes.batch_norm),
     F.instance_norm: Op(flow=rules.functional_instance_norm, catalyst_after=True, norm=True,
                         fresh=True),
     F.group_norm: Op(flow=rules.functional_group_norm, rewrite=surgery.rewrite_group_norm,
@@ -168,8 +171,9 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
 
 # Tensor methods share the functions' entries (self is the first argument).
 METHODS: dict[str, Op] = {
-    **dict.fromkeys(("add", "sub", "mul", "add_", "sub_", "mul_", "pow", "masked_fill",
-                     "masked_fill_", "maximum", "minimum"), ELEMENTWISE),
+    **dict.fromkeys(("add", "sub", "mul"), replace(ELEMENTWISE, shape=shapes.broadcast)),
+    **dict.fromkeys(("add_", "sub_", "mul_", "pow", "masked_fill", "masked_fill_", "maximum",
+                     "minimum"), ELEMENTWISE),
     **dict.fromkeys(("div", "div_", "true_divide"), _DIVIDE),
     **dict.fromkeys(("rsqrt", "log", "reciprocal"), _INEXACT),
     **dict.fromkeys(("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"), ACTIVATION),
@@ -193,8 +197,8 @@ METHODS: dict[str, Op] = {
     **dict.fromkeys(("matmul", "bmm"), _MATMUL),
     "sum": _SUM,
     "norm": _NORM,
-    **dict.fromkeys(("mean", "std", "var", "logsumexp", "amax", "amin", "prod", "max", "min"),
-                    _REDUCE),
+    **dict.fromkeys(("mean", "amax", "amin"), _MEAN),
+    **dict.fromkeys(("std", "var", "logsumexp", "prod", "max", "min"), _REDUCE),
     **dict.fromkeys(("softmax", "log_softmax"), _SOFTMAX),
     "cumsum": Op(flow=rules.mixes_along((1, "dim"))),
     "unfold": Op(flow=rules.windows),
