@@ -436,3 +436,14 @@ def test_windows_unfolded_along_channels_freeze_them() -> None:
 
 def test_a_model_without_parameters_has_no_groups() -> None:
     assert fxprune.analyze(fxprune.trace(torch.nn.Identity(), torch.randn(2, 3))).groups == ()
+
+
+def test_a_functional_norm_and_bias_couple_nothing() -> None:
+    """A norm's or a bias's parameters read only by a functional op (timm's norm-act layers)
+    hold that op's channels, as a module's would: the groups name real couplings (an add, a
+    multiply) in coupled_by, not every norm the channels pass."""
+    graph = analyze("functional")
+    assert group_with(graph, "w1", 0).coupled_by == ()
+    roles = {m.param: m.role for m in group_with(graph, "w1", 0).members if m.param}
+    assert roles == {"w1": "bare", "b1": "bare", "scale": "bare", "shift": "bare",
+                     "mean": "bare", "var": "bare", "w2": "in"}

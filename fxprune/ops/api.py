@@ -180,12 +180,15 @@ class Context:
             node, qualified, dim, held, _ = self.members[at]
             self.members[at] = (node, qualified, dim, held, "in")
 
-    def adopt(self, value: object, dim: int, ids: np.ndarray) -> bool:
+    def adopt(self, value: object, dim: int, ids: np.ndarray, role: str = "in") -> bool:
         """A parameter read here and nowhere else (its get_attr node has this one user) takes
-        the channels `ids` along `dim`: it reads them (role "in") as a module's weight would,
-        and the spaces they come from stay apart (a conv reading a concatenation of two layers'
-        channels). False where the parameter is used elsewhere too (tied, or computed on first,
-        as in weight standardisation): then the rule couples its atoms with `ids` instead."""
+        the channels `ids` along `dim`. As a functional conv's or linear's weight (role "in")
+        it reads them as a module's weight would, and the spaces they come from stay apart (a
+        conv reading a concatenation of two layers' channels); as a functional norm's scale or
+        statistics (role "bare", which the catalyst pass looks for) it holds them, with no
+        union to pay for (timm's norm-act layers have four each). False where the parameter is
+        used elsewhere too (tied, or computed on first, as in weight standardisation): then the
+        rule couples its atoms with `ids` instead."""
         if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"
                 and len(value.users) == 1):
             return False
@@ -194,7 +197,7 @@ class Context:
         if at is None or not np.array_equal(self.members[at][3], held):
             return False
         node, qualified, d, _, _ = self.members[at]
-        self.members[at] = (node, qualified, d, ids, "in")
+        self.members[at] = (node, qualified, d, ids, role)
         self.params[(qualified, d)] = ids
         self.flows[value] = Flow({**self.tflow(value).dims, dim: ids})
         self.atoms.discard(held)  # the parameter's own atoms for that dim are no channels now

@@ -574,10 +574,12 @@ def functional_conv_transpose(cx: Context, op: Op) -> Flow:
 
 
 def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ...]) -> None:
-    """Per-channel parameters (bare or computed) along dim 0 follow the channels `ids`."""
+    """Per-channel parameters (bare or computed) along dim 0 follow the channels `ids`: a
+    parameter read only here adopts them (`Context.adopt`), the others are coupled."""
     if ids is None:
         return
-    dims = [cx.tflow(p).dims[0] for p in params if isinstance(p, torch.fx.Node) and 0 in cx.tflow(p).dims]
+    dims = [cx.tflow(p).dims[0] for p in params if isinstance(p, torch.fx.Node)
+            and 0 in cx.tflow(p).dims and not cx.adopt(p, 0, ids, role="bare")]
     if dims and all(len(d) == len(ids) for d in dims):
         # one union for all: a batch norm's four cost four times the overhead of one
         cx.atoms.union(np.tile(ids, len(dims)), np.concatenate(dims))
