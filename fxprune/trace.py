@@ -721,6 +721,7 @@ class _ShapeProp(_Run):
         # class's shape rule, once.
         self._modules = dict(gm.named_modules(remove_duplicate=False))
         self._shape_rules: dict[object, ShapeRule | None] = {}
+        self._parameters: dict[tuple[object, ...], FakeTensor] = {}
         # run_node's InputError already names the node and the user's line; fx's extra
         # traceback would append them again, plus a pointer to tlparse, to the message.
         self.extra_traceback = False
@@ -742,11 +743,17 @@ class _ShapeProp(_Run):
             return value
         if value.layout is torch.strided and not value.is_quantized:
             # made from a meta tensor directly: the fake mode's conversion of a real tensor
-            # (which keeps a memo and its storage's details) costs about 50 times as much
-            with unset_fake_temporarily():
-                meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
-                                           device="meta")
-            return FakeTensor(self.mode, meta, value.device)
+            # (which keeps a memo and its storage's details) costs about 50 times as much. One
+            # per layout: parameters of one shape (a norm's four) stand for each other here, as
+            # nothing changes a parameter's shape.
+            layout = (value.shape, value.stride(), value.dtype, value.device)
+            fake = self._parameters.get(layout)
+            if fake is None:
+                with unset_fake_temporarily():
+                    meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype,
+                                               device="meta")
+                fake = self._parameters[layout] = FakeTensor(self.mode, meta, value.device)
+            return fake
         return self.mode.from_tensor(value)
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:

@@ -36,8 +36,8 @@ def elementwise(cx: Context, op: Op) -> Flow:
 def divide(cx: Context, op: Op) -> Flow:
     denominator = cx.arg(1, "other")
     if isinstance(denominator, torch.fx.Node):  # a value broadcast along channels is none
-        ids = [a for a in cx.tflow(denominator).atoms().tolist() if a not in cx.atoms.discarded]
-        cx.atoms.mark_inexact(np.asarray(ids, dtype=np.int64), f"divides by a channel at {cx.where}")
+        ids = cx.tflow(denominator).atoms()
+        cx.atoms.mark_inexact(ids[~cx.atoms.discarded(ids)], f"divides by a channel at {cx.where}")
     return elementwise(cx, op)
 
 

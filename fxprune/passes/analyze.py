@@ -175,7 +175,7 @@ def _collect(cx: Context) -> ChannelGraph:
                                   if p in trainable and len(ids)], dtype=np.int64), n)
     frozen_roots = _mask(group_of[_atom_array(atoms.frozen)], n)
     live = np.ones(n, dtype=bool)
-    live[_atom_array(atoms.discarded)] = False
+    live[atoms.discarded(np.arange(n))] = False
     live_roots = _mask(group_of[live], n)
     is_root = group_of == np.arange(n)  # a root is its own group
     group_roots = np.flatnonzero(is_root & live_roots & (with_params | ~frozen_roots)).tolist()
