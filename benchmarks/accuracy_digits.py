@@ -16,7 +16,7 @@ after pruning (before fine-tuning), after fine-tuning, the margin in decades (Ca
 smallest pruned c over largest kept c; the others: lowest kept score over highest pruned)
 and the rank correlation of the decisions with the initial channel magnitude.
 
-    python benchmarks/accuracy_digits.py [--seeds 0,1,2] [--levels 2,3]   # about 50 min, CPU
+    python benchmarks/accuracy_digits.py [--seeds 0,1,2] [--levels 2,3]   # about 20 min, CPU
 """
 
 from __future__ import annotations
