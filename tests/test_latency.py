@@ -220,3 +220,26 @@ def test_the_onnxruntime_timer_takes_a_graph_captured_by_torch_export() -> None:
     slim = fxprune.prune_channels(gm, graph, {graph.prunable[0].id: [0, 1]})
     timing = timer(slim, (x,))
     assert timer.base_ms > 0 and timing.ms > 0
+
+
+def test_a_coarse_last_step_gives_way_to_finer_groups_that_land_on_the_target(digits) -> None:
+    """The group the scores favour saves most per step: its next step would land far under
+    the target, so the plan finishes with the other groups (slack=1 turns that off)."""
+    gm, graph, x = digits
+    table = _table(digits)
+
+    def step_ms(g: int) -> float:
+        return table.curves[g].a * STEP / graph[g].channels
+
+    coarse = max(table.curves, key=step_ms)
+    scores = {g: np.full(graph[g].channels, 1.0 if g == coarse else 50.0) for g in table.curves}
+    target = table.full_ms - 0.1 * step_ms(coarse)  # a tenth of one coarse step to save
+
+    def predicted(removed: dict[int, list[int]]) -> float:
+        return table.predict(_widths(graph, removed))
+
+    greedy = plan_latency(table, scores, target, graph, slack=1.0)
+    assert list(greedy) == [coarse] and predicted(greedy) < 0.95 * target
+    fine = plan_latency(table, scores, target, graph)
+    assert coarse not in fine
+    assert 0.95 * target <= predicted(fine) <= target
