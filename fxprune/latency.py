@@ -325,7 +325,7 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     target may then be out of reach).
 
     A step coarser than what is left to save (a 64-channel group in steps of 16 saves a
-    quarter of its latency at once: ViT-B/16's head dims) would land far below the target:
+    quarter of its latency at once: ViT-B/16's hidden size) would land far below the target:
     where a step takes the prediction under ``(1 - slack) * target_ms``, the plan finishes
     with the other groups instead if they land within that band, and takes the step
     otherwise. Without it a 0.7 target gave 0.48 of the latency."""
