@@ -328,24 +328,26 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     quarter of its latency at once: ViT-B/16's hidden size) would land far below the target:
     where a step takes the prediction under ``(1 - slack) * target_ms``, the plan finishes
     with the other groups instead if they land within that band, and takes the step
-    otherwise. Without it a 0.7 target gave 0.48 of the latency."""
+    otherwise."""
     groups = [g for g in scores if g in table.curves]
-    order, prefix, options, width = {}, {}, {}, {}
+    order, prefix, options = {}, {}, {}
     for g in groups:
         s = np.asarray(scores[g], dtype=np.float64)
         keep = piece_keepers(graph[g], s)
         order[g] = [c for c in np.argsort(s, kind="stable") if c not in keep]
         prefix[g] = np.concatenate([[0.0], np.cumsum(s[order[g]])])
         options[g] = table.widths(g)[:-1]
-        width[g] = graph[g].channels
     neighbours: dict[int, list[tuple[int, float]]] = {g: [] for g in table.curves}
     for p in table.pairs:
         a, b = p.groups
         neighbours[a].append((b, p.c))
         neighbours[b].append((a, p.c))
-    share = dict.fromkeys(table.curves, 0.0)
 
-    def cheapest(g: int) -> tuple[float, int] | None:
+    def share(width: dict[int, int], g: int) -> float:
+        """The share of `g`'s channels removed (none for a group without scores)."""
+        return 1 - width[g] / graph[g].channels if g in width else 0.0
+
+    def cheapest(width: dict[int, int], g: int) -> tuple[float, int] | None:
         """The next width of `g` with the least score per share removed (the milliseconds a
         share saves are the same for every width of g, so this ranking holds until g moves)."""
         channels, spent = graph[g].channels, prefix[g][graph[g].channels - width[g]]
@@ -353,46 +355,45 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
         for w in reversed(options[g]):  # the nearest first: a tie keeps the smaller step
             if w >= width[g]:
                 continue
-            removed = 1 - w / channels - share[g]
-            per_share = (prefix[g][channels - w] - spent) / removed
+            per_share = (prefix[g][channels - w] - spent) / (1 - w / channels - share(width, g))
             if found is None or per_share < found[0]:
                 found = (per_share, w)
         return found
 
     floor = (1 - slack) * target_ms
 
-    def greedy(predicted: float, excluded: frozenset[int], lookahead: bool) -> float:
-        """Narrow groups (not `excluded`) until the table predicts at most `target_ms`; where
-        the best step would land below `floor`, finish without that group instead if that
-        lands between the two (one level deep). Updates width/share/best_width in place."""
+    def greedy(width: dict[int, int], predicted: float, excluded: frozenset[int],
+               lookahead: bool) -> float:
+        """Narrow groups (not `excluded`) in `width` until the table predicts at most
+        `target_ms`; returns the prediction. Where the best step would land below `floor`,
+        a copy finishes without that group (one level deep) and is kept if it lands between
+        the two."""
+        best_width = {g: cheapest(width, g) for g in groups if g not in excluded}
         while predicted > target_ms:
             best = None
-            for g in groups:
-                rate = table.curves[g].a + sum(c * share[h] for h, c in neighbours[g])  # ms/share
-                if g in excluded or best_width[g] is None or rate <= 0:
+            for g, found in best_width.items():
+                rate = table.curves[g].a + sum(c * share(width, h) for h, c in neighbours[g])
+                if found is None or rate <= 0:  # rate: ms per share
                     continue
-                ratio = best_width[g][0] / rate  # score per millisecond saved
+                ratio = found[0] / rate  # score per millisecond saved
                 if best is None or ratio < best[0]:
-                    best = (ratio, g, best_width[g][1], rate)
+                    best = (ratio, g, found[1], rate)
             if best is None:
                 break
             _, g, w, rate = best
-            after = predicted - rate * (1 - w / graph[g].channels - share[g])
+            after = predicted - rate * (1 - w / graph[g].channels - share(width, g))
             if lookahead and after < floor:
-                saved = dict(width), dict(share), dict(best_width)
-                finished = greedy(predicted, excluded | {g}, lookahead=False)
+                trial = dict(width)
+                finished = greedy(trial, predicted, excluded | {g}, lookahead=False)
                 if floor <= finished <= target_ms:
+                    width.update(trial)
                     return finished
-                for kept, state in zip((width, share, best_width), saved):
-                    kept.clear()
-                    kept.update(state)
-            predicted = after
-            width[g], share[g] = w, 1 - w / graph[g].channels
-            best_width[g] = cheapest(g)
+            predicted, width[g] = after, w
+            best_width[g] = cheapest(width, g)
         return predicted
 
-    best_width = {g: cheapest(g) for g in groups}
-    greedy(table.full_ms, frozenset(), lookahead=True)
+    width = {g: graph[g].channels for g in groups}
+    greedy(width, table.full_ms, frozenset(), lookahead=True)
     return {g: sorted(int(c) for c in order[g][:graph[g].channels - width[g]])
             for g in groups if width[g] < graph[g].channels}
 

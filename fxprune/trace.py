@@ -717,8 +717,8 @@ class _ShapeProp(_Run):
         self.mode = mode
         # Most nodes repeat a few layouts: their metadata is worked out once per layout.
         self._layouts: dict[tuple[object, ...], TensorMetadata] = {}
-        # fetch_attr walks a dotted path per call: resolve each module name, and each module
-        # class's shape rule, once.
+        # fetch_attr walks a dotted path per call: resolve each module name once, and each
+        # op's shape rule (by module class, or by function or method) once.
         self._modules = dict(gm.named_modules(remove_duplicate=False))
         self._shape_rules: dict[object, ShapeRule | None] = {}
         self._parameters: dict[tuple[object, ...], FakeTensor] = {}

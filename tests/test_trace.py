@@ -281,7 +281,7 @@ _RULE_DECLINES = [
     ("a dim out of range", "sum", (_randn(2, 3), 2), {}),
     ("sum of ints", "sum", (torch.arange(6).view(2, 3), 1), {}),
     ("sigmoid of ints", torch.sigmoid, (torch.arange(3),), {}),
-    ("clamp by a tensor", F.hardtanh, (_randn(3), -1.0, 1.0), {"out": _randn(3)}),
+    ("an out argument", F.hardtanh, (_randn(3), -1.0, 1.0), {"out": _randn(3)}),
     ("batch_norm of other channels", F.batch_norm, (_randn(2, 3, 4), torch.zeros(4),
                                                     torch.ones(4)), {}),
 ]

@@ -578,8 +578,12 @@ def _couple_params(cx: Context, ids: np.ndarray | None, params: tuple[object, ..
     parameter read only here adopts them (`Context.adopt`), the others are coupled."""
     if ids is None:
         return
-    dims = [cx.tflow(p).dims[0] for p in params if isinstance(p, torch.fx.Node)
-            and 0 in cx.tflow(p).dims and not cx.adopt(p, 0, ids, role="bare")]
+    dims = []
+    for p in params:
+        if not isinstance(p, torch.fx.Node) or 0 not in cx.tflow(p).dims:
+            continue
+        if not cx.adopt(p, 0, ids, role="bare"):
+            dims.append(cx.tflow(p).dims[0])
     if dims and all(len(d) == len(ids) for d in dims):
         # one union for all: a batch norm's four cost four times the overhead of one
         cx.atoms.union(np.tile(ids, len(dims)), np.concatenate(dims))

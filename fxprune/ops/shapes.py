@@ -1,7 +1,8 @@
 """Shape rules: an op's output shape from its inputs (and its module's attributes).
 
 Tracing propagates shapes on fake tensors; for the commonest ops the arithmetic of their shapes
-costs far less than their fake kernels (a fake kernel dispatch is about 200 us, a rule a few).
+costs far less than their fake kernels (2-14x less with the fake tensor made from its result:
+``python benchmarks/shape_rules.py``).
 A rule is called as ``rule(module, args, kwargs)``, `module` being None for a function or a
 method (whose ``self`` is ``args[0]``). It promises an output of the first tensor input's dtype
 and device, laid out contiguously, and returns None wherever it cannot be sure of that (a bad
