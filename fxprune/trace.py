@@ -132,6 +132,11 @@ class _ModuleStack(collections.OrderedDict):
 
 
 class _Tracer(torch.fx.Tracer):
+    # A buffer that forward reads is a get_attr node, as a parameter is. fx's default hands
+    # the tensor itself to forward, where an op given it and a traced size fails: ConViT's
+    # ``self.rel_indices.expand(B, -1, -1, -1)``, once a forward has cached the table there.
+    proxy_buffer_attributes = True
+
     def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...],
                  example: _Example | None = None,
                  methods: Mapping[tuple[str, str], LeafReason] | None = None,
@@ -503,6 +508,19 @@ def _attribute(root: torch.nn.Module, name: str) -> object:
     return obj
 
 
+def fetch_attr(modules: Mapping[str, torch.nn.Module], root: torch.nn.Module, target: str) -> object:
+    """What a get_attr node reads: a parameter or buffer looked up in its module (`modules`:
+    the root's, by name), without a getattr walk (while tracing, every step of one goes
+    through fx's patch of nn.Module.__getattr__); anything else by the walk."""
+    owner, _, name = target.rpartition(".")
+    module = modules.get(owner)
+    if module is not None:
+        for table in (module._parameters, module._buffers):
+            if name in table:
+                return table[name]
+    return _attribute(root, target)
+
+
 def _items(value: object) -> dict[object, object]:
     """The items of a tuple, list or dict (by index or key); {} for anything else."""
     if isinstance(value, dict):
@@ -710,7 +728,8 @@ class _ShapeProp(_Run):
     """
 
     def __init__(self, gm: torch.nn.Module, mode: FakeTensorMode | None = None,
-                 graph: torch.fx.Graph | None = None) -> None:
+                 graph: torch.fx.Graph | None = None,
+                 modules: dict[str, torch.nn.Module] | None = None) -> None:
         # a graph given apart from its module is one being traced: it grows, so no value
         # can be freed after what is its last use so far
         super().__init__(gm, garbage_collect_values=graph is None, graph=graph)
@@ -719,7 +738,7 @@ class _ShapeProp(_Run):
         self._layouts: dict[tuple[object, ...], TensorMetadata] = {}
         # fetch_attr walks a dotted path per call: resolve each module name once, and each
         # op's shape rule (by module class, or by function or method) once.
-        self._modules = dict(gm.named_modules(remove_duplicate=False))
+        self._modules = modules if modules is not None else dict(gm.named_modules(remove_duplicate=False))
         self._shape_rules: dict[object, ShapeRule | None] = {}
         self._parameters: dict[tuple[object, ...], FakeTensor] = {}
         # run_node's InputError already names the node and the user's line; fx's extra
@@ -727,15 +746,7 @@ class _ShapeProp(_Run):
         self.extra_traceback = False
 
     def fetch_attr(self, target: str) -> object:
-        # fx walks the dotted path with two getattr calls a step: while tracing, each goes
-        # through fx's patch of nn.Module.__getattr__ and the tracer's
-        owner, _, name = target.rpartition(".")
-        module = self._modules.get(owner)
-        if module is not None:
-            for table in (module._parameters, module._buffers):
-                if name in table:
-                    return table[name]
-        return super().fetch_attr(target)
+        return fetch_attr(self._modules, self.module, target)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
         value = super().get_attr(target, args, kwargs)
@@ -872,12 +883,13 @@ def _propagate(gm: torch.fx.GraphModule, inputs: tuple[object, ...],
     # switch, not every module twice); an exported graph has the mode it was captured in
     # written into its ops
     exported = gm.meta.get(CAPTURE_KEY, "").startswith("export")
-    training = [] if exported else [m for m in gm.modules() if m.training]
+    modules = dict(gm.named_modules(remove_duplicate=False))  # one walk for all that follows
+    training = [] if exported else list({id(m): m for m in modules.values() if m.training}.values())
     for m in training:
         m.training = False
     # modules the table does not know (leaves) run their own code, which may cache a tensor
     opaque = {sub for node in gm.graph.nodes if node.op == "call_module"
-              for sub in _opaque_modules(gm.get_submodule(node.target))}
+              for sub in _opaque_modules(modules[node.target])}
     if known is not None and training and (opaque or any(
             LEAF_KEY in n.meta for n in gm.graph.nodes if n.op == "call_function")):
         known = None  # code of the model's own ran in training mode while tracing
@@ -887,7 +899,8 @@ def _propagate(gm: torch.fx.GraphModule, inputs: tuple[object, ...],
         try:
             with mode, torch.no_grad(), _quiet(_FAKE_LOG), _kept_state(opaque):
                 # the tracer ran the inputs all or none (`_Tracer._value`)
-                _ShapeProp(gm, mode).run(*fake, initial_env=known.env if known else None)
+                _ShapeProp(gm, mode, modules=modules).run(
+                    *fake, initial_env=known.env if known else None)
         except InputError as fake_failed:
             log.info("fake shape propagation failed; running the model once on the real inputs")
             try:

@@ -83,6 +83,39 @@ def test_conditions_and_ints_on_sizes_are_taken_from_the_example(size: int) -> N
     assert group_with(graph, "a.weight", 0).prunable
 
 
+class CachedTable(nn.Module):
+    """ConViT's positional table: a buffer rebuilt where the token count changes, then
+    expanded to the batch. Once the model has run, the buffer fits and forward expands it
+    without rebuilding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.register_buffer("table", torch.zeros(1, 1, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_batch, tokens, _ = x.shape
+        if self.table.shape[1] != tokens:
+            self.table = torch.ones(1, tokens, 3)
+        return self.b(self.a(x + self.table.expand(n_batch, -1, -1)))
+
+
+@pytest.mark.parametrize("ran", [False, True], ids=["fresh", "after-a-forward"])
+def test_a_buffer_cached_by_forward_is_traced_through(ran: bool) -> None:
+    model, x = CachedTable(), torch.randn(2, 5, 3)
+    if ran:
+        model(x)
+    table = model.table.clone()
+    gm = fxprune.trace(model, x)
+    assert gm.meta["fxprune.capture"] == "symbolic"
+    assert not any("fxprune.leaf" in n.meta for n in gm.graph.nodes)
+    assert torch.equal(model.table, table)  # the model's own state is left as it was
+    torch.testing.assert_close(gm(x), model(x))
+    assert summary(fxprune.analyze(gm)) == {
+        frozenset({"a.weight:0", "a.bias:0", "b.weight:1"}): (4, True, True),
+        frozenset({"b.weight:0", "b.bias:0"}): (2, False, True)}
+
+
 class RankChecks(nn.Module):
     """Checks of a rank, as timm's norm-act layers make (``_assert(x.ndim == 4, ...)``, in
     every layer of EfficientNet) and models branch on, after a traced op and after a leaf."""

@@ -84,11 +84,11 @@ class Context:
         self.node: torch.fx.Node
         self._where: str | None = None
         # get_submodule walks the dotted path with getattr: resolve each module name once
-        self._modules = dict(gm.named_modules(remove_duplicate=False))
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
 
     def entry_of(self, node: torch.fx.Node) -> Op | None:
         """The op table entry of any node (a rule looking ahead at the current one's users)."""
-        module = self._modules.get(node.target) if node.op == "call_module" else None
+        module = self.modules.get(node.target) if node.op == "call_module" else None
         return self._lookup(node, module)
 
     def at(self, node: torch.fx.Node) -> None:
@@ -153,7 +153,7 @@ class Context:
         return tuple(meta.shape) if hasattr(meta, "shape") else ()
 
     def module(self) -> torch.nn.Module:
-        return self._modules[self.node.target]
+        return self.modules[self.node.target]
 
     # effects
     def member(self, param: str, dim: int, ids: np.ndarray) -> None:

@@ -26,14 +26,14 @@ from fxprune.errors import InputError
 from fxprune.graph import ChannelGraph, ChannelGroup, Member
 from fxprune.ops.api import Context, untracked_like
 from fxprune.ops.flow import Flow, SizeOf
-from fxprune.trace import LEAF_KEY, OWNER_KEY
+from fxprune.trace import LEAF_KEY, OWNER_KEY, fetch_attr
 
 log = logging.getLogger(__name__)
 
 GROUPS_KEY = "fxprune.groups"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeGroups:
     """The channel groups held along each tracked dim of a node's output."""
 
@@ -61,8 +61,8 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         cx.freeze_all(node.args, f"reaches the model output {cx.where}")
         return None
     if node.op == "get_attr":
-        value = _fetch(cx.gm, node.target)
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        value = fetch_attr(cx.modules, cx.gm, node.target)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or _sizes_only(node):
             return untracked_like(meta)
         owner = node.meta.get(OWNER_KEY)
         known = ops.param_channel_dims(owner.cls, node.target.rpartition(".")[2]) if owner else None
@@ -88,6 +88,13 @@ def _visit(cx: Context, node: torch.fx.Node) -> object:
         return cx.unknown(f"unknown op {name} (fxprune does not know how channels flow through it)")
     cx.entry = entry
     return entry.flow(cx, entry)
+
+
+def _sizes_only(node: torch.fx.Node) -> bool:
+    """Whether the node's value is used for its sizes alone (a table cached on the model whose
+    shape forward checks): such a tensor carries no channels."""
+    return all(u.op == "call_function" and u.target is getattr and u.args[1:] == ("shape",)
+               or u.op == "call_method" and u.target in ("size", "dim") for u in node.users)
 
 
 _ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
@@ -121,13 +128,6 @@ def _size_value(cx: Context, node: torch.fx.Node) -> object:
 
 def _shape_of(cx: Context, x: torch.fx.Node) -> tuple[SizeOf, ...]:
     return tuple(SizeOf(frozenset({(x, d)})) for d in range(len(cx.shape(x))))
-
-
-def _fetch(gm: torch.nn.Module, target: str) -> object:
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 HEADS = ("whole", "dim")
@@ -170,7 +170,8 @@ def _collect(cx: Context) -> ChannelGraph:
     group_of, chan_of = atoms.group.all_roots(), atoms.chan.all_roots()
     # Frozen groups that hold no trainable parameter (coordinate tables and other buffers used
     # as data) say nothing a user can act on: leave them out.
-    trainable = {name for name, _ in cx.gm.named_parameters()}
+    trainable = {f"{path}.{name}" if path else name for path, m in cx.modules.items()
+                 for name, p in m._parameters.items() if p is not None}
     with_params = _mask(np.array([group_of[ids[0]] for _, p, _, ids, _ in cx.members
                                   if p in trainable and len(ids)], dtype=np.int64), n)
     frozen_roots = _mask(group_of[_atom_array(atoms.frozen)], n)
@@ -222,7 +223,7 @@ def _collect(cx: Context) -> ChannelGraph:
             coupled_by=tuple(dict.fromkeys(coupled[g_id])),
         ))
     graph = cx.gm.graph
-    modules = dict(cx.gm.named_modules(remove_duplicate=False))  # one walk, not one per node
+    modules = cx.modules
     return ChannelGraph(
         groups=tuple(groups),
         node_order=tuple(n.name for n in graph.nodes),
