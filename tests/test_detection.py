@@ -114,6 +114,9 @@ def test_small_detectors_prune_to_the_zeroed_heads(name: str) -> None:
 def _check_export(name: str, path: Path, exporter: str) -> fxprune.ExportReport:
     torch.manual_seed(0)
     model, images = _torchvision_detector(name)
+    if name.startswith("retinanet"):  # its scores start at the head's prior, 0.01, all within
+        # 1e-5 of each other on random features: onnxruntime's rounding reorders them
+        torch.nn.init.normal_(model.head.classification_head.cls_logits.weight, std=1.0)
     gm = fxprune.trace(randomize_zero_parameters(model), (images,))
     # BatchNorm statistics of the images, so that scores do not tie (the graph, not the
     # model: a detector that has run caches its RoI pooler's levels, which stops tracing)
