@@ -282,8 +282,7 @@ def fxprune_side(zoo: str, name: str, folder: Path, out: dict) -> None:
     out["traced"] = True
     if zoo == "dense" and name in DETECTORS:
         # BatchNorm statistics of the images, or the random detector's scores tie and NMS
-        # keeps boxes by float rounding (the graph, not the model: a detector that has run
-        # caches its RoI pooler's levels, which stops tracing)
+        # keeps boxes by float rounding
         calibrate_norms(gm, *args)
     graph = fxprune.analyze(gm)
     out["analysed"] = True

@@ -410,7 +410,25 @@ class _Tracer(torch.fx.Tracer):
             name = self._name(a, buffer=not isinstance(a, torch.nn.Parameter))
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
-        return super().create_arg(a)
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            # An object of the model's own that fx cannot write into a graph, passed to a wrapped
+            # function: read from where the model holds it. A torchvision detector that has run
+            # hands its RoI pooler's cached LevelMapper to _multiscale_roi_align.
+            name = self._held(a)
+            if name is None:
+                raise
+            return self.create_node("get_attr", name, (), {})
+
+    def _held(self, value: object) -> str | None:
+        """The dotted name of a plain attribute of one of the root's modules that is `value`
+        itself (the first in named_modules() order), or None."""
+        for path, module in self.root.named_modules():
+            for attr, held in vars(module).items():
+                if held is value and not attr.startswith("_"):
+                    return f"{path}.{attr}" if path else attr
+        return None
 
     def _name(self, value: torch.Tensor, buffer: bool) -> str | None:
         """The name under which the root holds `value` as a parameter (or buffer): its first

@@ -111,6 +111,18 @@ def test_small_detectors_prune_to_the_zeroed_heads(name: str) -> None:
     _check_detector(model, images, COVERAGE[name])
 
 
+def test_a_detector_that_has_run_traces_as_a_fresh_one() -> None:
+    # its RoI pooler caches the levels it computed from the first images (a LevelMapper, which
+    # fx cannot write into a graph) and hands them to _multiscale_roi_align from then on
+    model, images = _torchvision_detector("fasterrcnn_mobilenet_v3_large_fpn")
+    fresh = summary(fxprune.analyze(fxprune.trace(model, (images,))))
+    with torch.no_grad():
+        model(images)
+    assert model.roi_heads.box_roi_pool.map_levels is not None
+    graph = _check_detector(model, images, COVERAGE["fasterrcnn_mobilenet_v3_large_fpn"])
+    assert summary(graph) == fresh
+
+
 def _check_export(name: str, path: Path, exporter: str) -> fxprune.ExportReport:
     torch.manual_seed(0)
     model, images = _torchvision_detector(name)
@@ -118,8 +130,7 @@ def _check_export(name: str, path: Path, exporter: str) -> fxprune.ExportReport:
         # 1e-5 of each other on random features: onnxruntime's rounding reorders them
         torch.nn.init.normal_(model.head.classification_head.cls_logits.weight, std=1.0)
     gm = fxprune.trace(randomize_zero_parameters(model), (images,))
-    # BatchNorm statistics of the images, so that scores do not tie (the graph, not the
-    # model: a detector that has run caches its RoI pooler's levels, which stops tracing)
+    # BatchNorm statistics of the images, so that scores do not tie
     calibrate_norms(gm, images)
     graph = fxprune.analyze(gm)
     slim = fxprune.prune_channels(gm, graph, random_request(graph, 0.3, 0))

@@ -299,8 +299,6 @@ def calibrate_norms(model: nn.Module, *inputs: object) -> nn.Module:
     300 boxes on two random images: 0.0117537 each), so which boxes NMS keeps, and in what
     order, is float rounding. Statistics of the inputs keep the activations at unit scale.
     Only the norms run in training mode: a detector in training mode asks for targets.
-    Calibrate a torchvision detector once traced: one that has run caches its RoI pooler's
-    levels, through which `fxprune.trace` then cannot trace.
     """
     model.eval()
     with fresh_statistics(model):
