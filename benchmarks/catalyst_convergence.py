@@ -14,7 +14,9 @@ trajectories are plotted, so the channels that stall can be seen.
 change one thing: of the paper's, gamma doubled or no weight decay on D; of the default,
 gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate halved with gamma
 doubled so that the regulariser's step lr * gamma stays (``lr-0.01``), G made of the norm's
-scale and shift alone (``bn``, the paper's "Ours-BN"), or
+scale and shift alone (``bn``, the paper's "Ours-BN"), the task loss's step on every conv or
+linear row before a BatchNorm scaled by its squared norm relative to the start of opt1
+(``angular``: the row's angular step kept as the penalty shrinks it), or
 no penalty at all (``no-penalty``: what the loop alone costs; its pruning step means nothing).
 ``--c 1.0`` runs the transition with nothing to prune in the end.
 
@@ -201,14 +203,47 @@ def pretrain(arch: str, loaders: dict, seed: int, epochs: int = 20) -> nn.Module
 
 
 # What each variant changes from fxprune's defaults (`DEFAULTS`; see the module's docstring).
-DEFAULTS = {"lr": 0.02, "gamma": 0.02, "loss_gradient": False, "target": "group", "decay_d": True}
+DEFAULTS = {"lr": 0.02, "gamma": 0.02, "loss_gradient": False, "target": "group", "decay_d": True,
+            "angular": False}
 VARIANTS = {"default": {}, "paper": {"loss_gradient": True},
             "paper-gamma-0.04": {"loss_gradient": True, "gamma": 0.04},
             "paper-no-wd-on-d": {"loss_gradient": True, "decay_d": False},
             "bn": {"target": "bn"},
             "gamma-0.01": {"gamma": 0.01},
             "lr-0.01": {"lr": 0.01, "gamma": 0.04},
-            "no-penalty": {"gamma": 0.0}}
+            "no-penalty": {"gamma": 0.0}, "angular": {"angular": True}}
+
+
+def _invariant_weights(gm: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
+    """Weights of the convs and linears whose output goes to a BatchNorm alone (besides the
+    catalyst that reads it): the function does not change with their rows' scale."""
+    modules = dict(gm.named_modules())
+    found = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear)):
+            users = [u for u in n.users if not str(u.target).startswith("catalyst")]
+            if len(users) == 1 and users[0].op == "call_module" and isinstance(
+                    modules[users[0].target], nn.modules.batchnorm._BatchNorm):
+                found.append(modules[n.target].weight)
+    return found
+
+
+def angular_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                  penalty: object, invariant: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """One epoch in which the task loss's gradient on each scale-invariant row is scaled by
+    (||w_i|| / ||w_i at the start of opt1||)^2, so that its angular step stays what it was as
+    the penalty shrinks the row; the penalty's gradient is left as it is."""
+    model.train()
+    for x, y in loader:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for w, norm0 in invariant:
+                if w.grad is not None:
+                    scale = (w.detach().flatten(1).norm(dim=1) / norm0) ** 2
+                    w.grad.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+        penalty().backward()
+        optimizer.step()
 
 
 def settings(remedy: str) -> dict:
@@ -239,10 +274,15 @@ def opt1(base: nn.Module, loaders: dict, *, c0: float, remedy: str, cap: int,
                        generator=torch.Generator().manual_seed(seed + 1))
     in_order = DataLoader(loaders["train"].dataset, batch_size=32)
     baseline = accuracy(pruner.model, loaders["test"])
+    invariant = [(w, w.detach().flatten(1).norm(dim=1).clamp_min(1e-12))
+                 for w in _invariant_weights(pruner.model)]
     start, lowest, lowest_stale, trajectory, history = time.perf_counter(), baseline, baseline, [], []
     epochs = 0
     while epochs < cap and not (epochs and pruner.converged()):
-        train_epoch(pruner.model, train, optimizer, penalty=pruner.penalty)
+        if variant["angular"]:
+            angular_epoch(pruner.model, train, optimizer, pruner.penalty, invariant)
+        else:
+            train_epoch(pruner.model, train, optimizer, penalty=pruner.penalty)
         epochs += 1
         stale = accuracy(pruner.model, loaders["test"])  # BatchNorm's running statistics
         precise_bn(pruner.model, in_order)

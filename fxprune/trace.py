@@ -1000,6 +1000,7 @@ def trace(
                             ) from exc
     gm.meta[CAPTURE_KEY] = how
     inputs = _placeholder_values(gm.graph, inputs, kwargs)
+    modules = dict(model.named_modules(remove_duplicate=False))  # gm holds plain containers
     for node in list(gm.graph.nodes):
         if node.op == "get_attr" and not node.users:  # read by a check that took no branch
             gm.graph.erase_node(node)
@@ -1008,8 +1009,8 @@ def trace(
             node.meta[LEAF_KEY] = leaves[node.target]
         if node.op == "get_attr" and "." in node.target and OWNER_KEY not in node.meta:
             owner = node.target.rpartition(".")[0]
-            with contextlib.suppress(AttributeError):
-                node.meta[OWNER_KEY] = ParamOwner(owner, type(model.get_submodule(owner)))
+            if owner in modules:
+                node.meta[OWNER_KEY] = ParamOwner(owner, type(modules[owner]))
     _propagate(gm, inputs, known)
     return gm
 
