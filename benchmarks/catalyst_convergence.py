@@ -417,14 +417,15 @@ def main() -> int:
                  out / f"catalyst_convergence_slowest_{remedy}.png")
         converged = [r for r in runs if r["converged"]]
         cut = [r["macs_ratio"] for r in runs if r["c0"] == 1.2]
+        cut_text = f"MACs cut at c0 = 1.2 at least {min(cut):.2f}x; " if cut else ""
         print(f"\n{remedy}: {len(converged)} of {len(runs)} runs converged within {args.cap} "
               f"epochs; epochs max {max(r['epochs'] for r in runs)}, median "
               f"{int(np.median([r['epochs'] for r in runs]))}; the pruning step changed top-1 by "
               f"at most {max(abs(r['after'] - r['before']) for r in runs):.2f} points; the lowest "
               f"top-1 in opt1 at most {max(r['baseline'] - r['lowest'] for r in runs):.1f} points "
               f"under the baseline (stale BatchNorm statistics: "
-              f"{max(r['baseline'] - r['lowest_stale'] for r in runs):.1f}); MACs cut at c0 = 1.2 "
-              f"at least {min(cut, default=float('nan')):.2f}x; slowest: {slowest['arch']} seed "
+              f"{max(r['baseline'] - r['lowest_stale'] for r in runs):.1f}); {cut_text}"
+              f"slowest: {slowest['arch']} seed "
               f"{slowest['seed']} c0 {slowest['c0']} ({slowest['epochs']} epochs)")
     return 0
 
