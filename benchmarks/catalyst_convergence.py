@@ -53,6 +53,7 @@ from fxprune import atomic
 from fxprune.app.datasets import digits
 from fxprune.app.model_zoo import DigitsNet
 from fxprune.app.training import accuracy, precise_bn, train_epoch
+from fxprune.passes.catalyst import Catalyst
 from fxprune.pruner import CatalystPruner
 
 
@@ -221,7 +222,8 @@ def _invariant_weights(gm: torch.fx.GraphModule) -> list[torch.nn.Parameter]:
     found = []
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear)):
-            users = [u for u in n.users if not str(u.target).startswith("catalyst")]
+            users = [u for u in n.users
+                     if not (u.op == "call_module" and isinstance(modules[u.target], Catalyst))]
             if len(users) == 1 and users[0].op == "call_module" and isinstance(
                     modules[users[0].target], nn.modules.batchnorm._BatchNorm):
                 found.append(modules[n.target].weight)

@@ -902,7 +902,8 @@ def _propagate(gm: torch.fx.GraphModule, inputs: tuple[object, ...],
     # written into its ops
     exported = gm.meta.get(CAPTURE_KEY, "").startswith("export")
     modules = dict(gm.named_modules(remove_duplicate=False))  # one walk for all that follows
-    training = [] if exported else list({id(m): m for m in modules.values() if m.training}.values())
+    # a module held under two names is listed twice: switched twice, harmlessly
+    training = [] if exported else [m for m in modules.values() if m.training]
     for m in training:
         m.training = False
     # modules the table does not know (leaves) run their own code, which may cache a tensor
