@@ -299,6 +299,10 @@ _RULE_ANSWERS = [
     ("sigmoid method", "sigmoid", (_randn(2, 2),), {}),
     ("batch_norm", F.batch_norm, (_randn(2, 3, 4), torch.zeros(3), torch.ones(3), _randn(3),
                                   _randn(3), False, 0.1, 1e-5), {}),
+    ("flatten", torch.flatten, (_randn(2, 3, 4, 5), 1), {}),
+    ("flatten the middle", "flatten", (_randn(2, 3, 4, 5),), {"start_dim": 1, "end_dim": -2}),
+    ("flatten everything", torch.flatten, (torch.arange(6).view(2, 3),), {}),
+    ("flatten one dim", "flatten", (_randn(2, 3), -1, -1), {}),
 ]
 _RULE_DECLINES = [
     ("int plus float", operator.add, (torch.arange(4), 0.5), {}),
@@ -317,6 +321,10 @@ _RULE_DECLINES = [
     ("an out argument", F.hardtanh, (_randn(3), -1.0, 1.0), {"out": _randn(3)}),
     ("batch_norm of other channels", F.batch_norm, (_randn(2, 3, 4), torch.zeros(4),
                                                     torch.ones(4)), {}),
+    ("flatten not contiguous", torch.flatten, (_randn(3, 4).t(),), {}),
+    ("flatten backwards", torch.flatten, (_randn(2, 3, 4), 2, 1), {}),
+    ("flatten a scalar", torch.flatten, (torch.tensor(1.0),), {}),
+    ("flatten start given twice", "flatten", (_randn(2, 3), 1), {"start_dim": 0}),
 ]
 
 
@@ -362,7 +370,7 @@ def test_the_traced_shapes_of_ops_with_rules_are_the_kernels(caplog: pytest.LogC
                              self.bn.weight, self.bn.bias)
             s = F.silu(y).mean((2, 3), keepdim=True).sigmoid()
             z = 1.0 - y * s / 2 + torch.add(y, s, alpha=0.5)
-            return z.amax(-1) + z.sum(dim=[1, 2]).unsqueeze(1)
+            return torch.flatten(z.amax(-1) + z.sum(dim=[1, 2]).unsqueeze(1), 1)
 
     model, x = Ops().eval(), torch.randn(2, 3, 6, 6)
     with caplog.at_level(logging.INFO, logger="fxprune.trace"):

@@ -12,6 +12,7 @@ follows), and the kernel then decides or complains.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -119,6 +120,29 @@ def conv(module: nn.Module | None, args: tuple, kwargs: dict) -> tuple[int, ...]
     if min(spatial) <= 0:
         return None
     return (x.shape[0], module.out_channels, *spatial)
+
+
+def flatten(module: nn.Module | None, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """``nn.Flatten``, ``torch.flatten`` and ``x.flatten``: dims start to end (inclusive) made
+    one, where the input is contiguous (the output is then a contiguous view of it) and has a
+    dim at all."""
+    if module is not None:
+        x, start, end = _only(args, kwargs), module.start_dim, module.end_dim
+    else:
+        names = ("start_dim", "end_dim")
+        if not args or len(args) > 3 or set(kwargs) - set(names) or set(kwargs) & set(names[:len(args) - 1]):
+            return None
+        x, start, end = (*args, *(None,) * (3 - len(args)))
+        start = kwargs.get("start_dim", 0 if start is None else start)
+        end = kwargs.get("end_dim", -1 if end is None else end)
+    if (not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_contiguous()
+            or type(start) is not int or type(end) is not int
+            or not -x.dim() <= start < x.dim() or not -x.dim() <= end < x.dim()):
+        return None
+    start, end = start % x.dim(), end % x.dim()
+    if start > end:
+        return None  # the kernel's error
+    return (*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
 
 
 def adaptive_pool(n: int) -> Callable[[nn.Module | None, tuple, dict], tuple[int, ...] | None]:

@@ -38,6 +38,7 @@ ARITHMETIC = Op(flow=rules.elementwise, fresh=True, shape=shapes.broadcast)
 RESIZE = Op(flow=rules.resize)
 POOL = Op(flow=rules.resize, fresh=True)
 RESHAPE = Op(flow=rules.reshape)
+_FLATTEN = replace(RESHAPE, shape=shapes.flatten)
 _SIZES = Op(flow=rules.view, rewrite=surgery.rewrite_sizes)
 _UNFLATTEN = Op(flow=rules.reshape, rewrite=surgery.rewrite_unflatten)
 
@@ -65,7 +66,7 @@ MODULES: dict[type, Op] = {
     nn.Identity: replace(UNARY, passthrough=True),
     **dict.fromkeys((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), UNARY),
     **dict.fromkeys((nn.Softmax, nn.LogSoftmax), Op(flow=rules.softmax, shape=shapes.same)),
-    nn.Flatten: RESHAPE,
+    nn.Flatten: _FLATTEN,
     nn.Unflatten: Op(flow=rules.reshape, sync=surgery.sync_unflatten),
     **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
                      nn.AvgPool3d), POOL),
@@ -120,7 +121,8 @@ FUNCTIONS: dict[Callable[..., object], Op] = {
                      F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate,
                      F.pad), RESIZE),
     torch.broadcast_to: Op(flow=rules.broadcast),
-    **dict.fromkeys((torch.flatten, torch.squeeze, torch.unsqueeze), RESHAPE),
+    torch.flatten: _FLATTEN,
+    **dict.fromkeys((torch.squeeze, torch.unsqueeze), RESHAPE),
     torch.unflatten: _UNFLATTEN,
     torch.reshape: _SIZES,
     **dict.fromkeys((torch.transpose, torch.swapaxes, torch.t), _TRANSPOSE),
@@ -180,7 +182,8 @@ METHODS: dict[str, Op] = {
     **dict.fromkeys(("contiguous", "clone", "detach", "to", "type", "type_as", "float", "half",
                      "double", "bfloat16", "neg", "abs", "exp", "sqrt", "clamp", "clamp_",
                      "clip", "zero_", "fill_", "new_zeros_like", "requires_grad_"), UNARY),
-    **dict.fromkeys(("flatten", "squeeze", "unsqueeze"), RESHAPE),
+    "flatten": _FLATTEN,
+    **dict.fromkeys(("squeeze", "unsqueeze"), RESHAPE),
     "unflatten": _UNFLATTEN,
     **dict.fromkeys(("view", "reshape"), _SIZES),
     **dict.fromkeys(("view_as", "reshape_as"), RESHAPE),
