@@ -154,6 +154,13 @@ class Atoms:
         mask[inside] = self._discarded[ids[inside]]
         return mask
 
+    def live(self) -> np.ndarray:
+        """A mask over all atoms: True where the atom was not discarded."""
+        mask = np.ones(len(self), dtype=bool)
+        held = min(len(self), len(self._discarded))
+        mask[:held] = ~self._discarded[:held]
+        return mask
+
     def mark_inexact(self, ids: np.ndarray, reason: str) -> None:
         for a in np.unique(np.asarray(ids)).tolist():
             self.inexact.setdefault(a, reason)

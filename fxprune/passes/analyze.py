@@ -175,10 +175,9 @@ def _collect(cx: Context) -> ChannelGraph:
     with_params = _mask(np.array([group_of[ids[0]] for _, p, _, ids, _ in cx.members
                                   if p in trainable and len(ids)], dtype=np.int64), n)
     frozen_roots = _mask(group_of[_atom_array(atoms.frozen)], n)
-    live = np.ones(n, dtype=bool)
-    live[atoms.discarded(np.arange(n))] = False
-    live_roots = _mask(group_of[live], n)
-    is_root = group_of == np.arange(n)  # a root is its own group
+    live_roots = _mask(group_of[atoms.live()], n)
+    every = np.arange(n)
+    is_root = group_of == every  # a root is its own group
     group_roots = np.flatnonzero(is_root & live_roots & (with_params | ~frozen_roots)).tolist()
     # gid_of[a] = id of atom a's group in the result, or -1 where the group is left out
     gid_of = np.full(n, -1, dtype=np.int64)
@@ -186,7 +185,8 @@ def _collect(cx: Context) -> ChannelGraph:
     gid_of = gid_of[group_of]
     # local[c] = index of channel root c within its group (roots sort in graph order)
     local = np.full(n, -1, dtype=np.int64)
-    roots = np.flatnonzero(chan_of == np.arange(n))
+    # (only the groups kept: most atoms are discarded ones, four per channel of a timm norm)
+    roots = np.flatnonzero((chan_of == every) & (gid_of >= 0))
     order = np.argsort(group_of[roots], kind="stable")
     by_group = group_of[roots][order]
     starts = np.flatnonzero(np.r_[len(order) > 0, by_group[1:] != by_group[:-1]])
