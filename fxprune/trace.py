@@ -410,11 +410,14 @@ class _Tracer(torch.fx.Tracer):
 
     def create_arg(self, a: object) -> torch.fx.node.Argument:
         # The commonest arguments first: fx tests each for a parameter, tensor, module, named
-        # tuple and opaque type before it reaches these (a fifth of the nodes' cost).
+        # tuple and opaque type before it reaches these, and every node's args and kwargs
+        # (a tuple and a dict) pass through here too.
         if isinstance(a, torch.fx.Proxy):
             return a.node
         if type(a) in _PLAIN:
             return a
+        if type(a) in (tuple, list, dict):  # fx's own handling of their items, without the checks
+            return torch.fx.proxy.TracerBase.create_arg(self, a)
         if isinstance(a, torch.Tensor):
             name = self._name(a, buffer=not isinstance(a, torch.nn.Parameter))
             if name is not None:
