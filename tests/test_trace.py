@@ -391,3 +391,40 @@ def test_the_traced_shapes_of_ops_with_rules_are_the_kernels(caplog: pytest.LogC
     interpreter.run_node = record
     interpreter.run(x)
     assert traced == real
+
+
+def test_the_traced_module_holds_what_fx_s_own_graph_module_would() -> None:
+    """trace() builds its GraphModule through the modules' dicts: the same submodules,
+    parameters and buffers under the same names as fx's ``GraphModule(model, graph)``, a
+    non-persistent buffer still left out of the state dict, and the same outputs."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.scale = nn.Parameter(torch.ones(3, 1, 1))
+            self.register_buffer("shift", torch.zeros(3, 1, 1), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * self.scale + self.shift + torch.tensor(0.5)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = nn.ModuleList([Block(), Block()])
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.stages[1](self.stages[0](x))
+
+    model, x = Model().eval(), torch.randn(2, 3, 4, 4)
+    gm = fxprune.trace(model, x, capture="symbolic")
+    reference = torch.fx.GraphModule(model, gm.graph)
+
+    def held(m: nn.Module) -> tuple:
+        return ({k: type(v) for k, v in m.named_modules() if k}, dict(m.named_parameters()),
+                dict(m.named_buffers()), list(m.state_dict()))
+
+    assert held(gm) == held(reference)
+    assert "stages.0.shift" not in gm.state_dict() and "unused" not in dict(gm.named_modules())
+    assert torch.equal(gm(x), model(x))
