@@ -447,3 +447,48 @@ def test_a_functional_norm_and_bias_couple_nothing() -> None:
     roles = {m.param: m.role for m in group_with(graph, "w1", 0).members if m.param}
     assert roles == {"w1": "bare", "b1": "bare", "scale": "bare", "shift": "bare",
                      "mean": "bare", "var": "bare", "w2": "in"}
+
+
+def test_atoms_given_back_are_reused_once_every_newer_block_is_given_back_too() -> None:
+    """`Atoms.release`: a functional norm's four parameters adopt its channels, and their own
+    atoms are given back; the newest blocks go first, so until then an older one stays
+    discarded, and a block that is not one whole `fresh` block only stays discarded."""
+    from fxprune.ops.flow import Atoms
+
+    atoms = Atoms()
+    kept = atoms.fresh(3)
+    mean, var = atoms.fresh(4), atoms.fresh(4)
+    atoms.release(mean)  # var is newer and still held
+    assert len(atoms) == 11 and atoms.discarded(mean).all()
+    atoms.release(var)  # now both go
+    assert len(atoms) == 3 and not atoms.discarded(mean).any()
+    assert atoms.fresh(2).tolist() == [3, 4]
+    atoms.release(kept[1:])  # part of a block
+    assert len(atoms) == 5 and atoms.discarded(kept[1:]).all() and not atoms.discarded(kept[:1]).any()
+
+
+def test_functional_norms_leave_no_atoms_of_their_own() -> None:
+    """A timm-style norm-act layer (F.batch_norm on its own parameters) adopts its input's
+    channels and gives its four parameters' atoms back: a conv followed by one holds as many
+    atoms as the conv alone (32 more before), and the groups stay what they were."""
+    from models import BatchNormAct
+
+    from fxprune.ops.api import Context
+    from fxprune.passes.analyze import _visit
+
+    def atoms_of(model: torch.nn.Module) -> int:
+        gm = fxprune.trace(model.eval(), torch.randn(2, 3, 4, 4))
+        cx = Context(gm, False, fxprune.ops.lookup)
+        for node in gm.graph.nodes:
+            cx.at(node)
+            cx.flows[node] = _visit(cx, node)
+        return len(cx.atoms)
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 1)
+    assert atoms_of(torch.nn.Sequential(conv, BatchNormAct(8))) == atoms_of(torch.nn.Sequential(conv))
+    graph = fxprune.analyze(fxprune.trace(torch.nn.Sequential(conv, BatchNormAct(8)).eval(),
+                                          torch.randn(2, 3, 4, 4)))
+    group = group_with(graph, "0.weight", 0)
+    assert {m.param for m in group.members if m.param} == {
+        "0.weight", "0.bias", "1.running_mean", "1.running_var", "1.weight", "1.bias"}

@@ -200,7 +200,9 @@ class Context:
         self.members[at] = (node, qualified, d, ids, role)
         self.params[(qualified, d)] = ids
         self.flows[value] = Flow({**self.tflow(value).dims, dim: ids})
-        self.atoms.discard(held)  # the parameter's own atoms for that dim are no channels now
+        # the parameter's own atoms for that dim are no channels now, and nothing holds them
+        del self._bare[int(held[0])]
+        self.atoms.release(held)
         return True
 
     def not_channels(self, value: object, dims: Iterable[int]) -> None:
