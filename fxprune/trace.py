@@ -141,7 +141,8 @@ class _Tracer(torch.fx.Tracer):
     def __init__(self, leaves: Iterable[str], leaf_types: tuple[type, ...],
                  example: _Example | None = None,
                  methods: Mapping[tuple[str, str], LeafReason] | None = None,
-                 functions: Mapping[types.FunctionType, LeafReason] | None = None) -> None:
+                 functions: Mapping[types.FunctionType, LeafReason] | None = None,
+                 modules: Mapping[str, torch.nn.Module] | None = None) -> None:
         # plain functions made opaque are wrapped wherever a traced forward calls them
         super().__init__(autowrap_functions=tuple(functions or ()))
         self.leaves = set(leaves)
@@ -161,6 +162,8 @@ class _Tracer(torch.fx.Tracer):
         self._data: dict[torch.fx.Node, bool] = {}  # whether a node's value depends on data
         # id -> qualified name of the root's parameters, and of its buffers (made on first use)
         self._names: tuple[dict[int, str], dict[int, str]] | None = None
+        # the root's modules by name (``named_modules(remove_duplicate=False)``), walked once
+        self.modules = modules
         self.module_stack = _ModuleStack()
         # (code, line) -> a node's stack_trace: a block's code makes the same nodes per block
         self._stack_traces: dict[tuple[types.CodeType, int], str] = {}
@@ -238,7 +241,8 @@ class _Tracer(torch.fx.Tracer):
                 self._running = True  # the run must see the real modules (`call_module`)
                 with self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG):
                     if self._run is None:
-                        run = _ShapeProp(self.root, self.example.mode, self.graph)
+                        run = _ShapeProp(self.root, self.example.mode, self.graph,
+                                         modules=self._modules())
                         run.env, run.args_iter = self._env, iter(self.example.values(self.graph))
                         self._run = run
                         # every input at once (fx made them all before forward ran): what
@@ -433,6 +437,11 @@ class _Tracer(torch.fx.Tracer):
                 raise
             return self.create_node("get_attr", name, (), {})
 
+    def _modules(self) -> Mapping[str, torch.nn.Module]:
+        if self.modules is None:
+            self.modules = dict(self.root.named_modules(remove_duplicate=False))
+        return self.modules
+
     def _held(self, value: object) -> str | None:
         """The dotted name of a plain attribute of one of the root's modules that is `value`
         itself (the first in named_modules() order), or None."""
@@ -447,8 +456,13 @@ class _Tracer(torch.fx.Tracer):
         in named_parameters() (named_buffers()) order, which is what fx's walk finds. None
         where it holds no such tensor, or no longer under that name."""
         if self._names is None:
-            self._names = ({id(p): n for n, p in self.root.named_parameters()},
-                           {id(b): n for n, b in self.root.named_buffers()})
+            self._names = ({}, {})
+            for path, module in self._modules().items():  # a module held twice: its first name
+                prefix = f"{path}." if path else ""
+                for names, held in zip(self._names, (module._parameters, module._buffers)):
+                    for attr, tensor in held.items():
+                        if tensor is not None:
+                            names.setdefault(id(tensor), prefix + attr)
         name = self._names[buffer].get(id(value))
         if name is None:
             return None
@@ -680,11 +694,12 @@ def _symbolic_trace(
     leaves: dict[str, LeafReason] = {}
     methods: dict[tuple[str, str], LeafReason] = {}
     functions: dict[types.FunctionType, LeafReason] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk for every retry
     for _ in range(MAX_LEAF_RETRIES):
-        tracer = _Tracer(leaves, leaf_types, example, methods, functions)
+        tracer = _Tracer(leaves, leaf_types, example, methods, functions, modules)
         try:
             # a forward that caches a traced value on itself
-            with _kept_state(model.modules()), tracer.opaque_methods(model):
+            with _kept_state(modules.values()), tracer.opaque_methods(model):
                 graph = tracer.trace(model, concrete or None)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds; we classify below
             where = _failing_module(model, exc)
@@ -821,7 +836,7 @@ class _ShapeProp(_Run):
         # What a shape rule makes: one fake tensor per layout, shared by the nodes that have it
         # (constructing one costs about half of a ruled node's run). Ruled ops only read their
         # inputs; every other op, which may change its input's sizes in place (unsqueeze_) or
-        # cache it, is handed its own copy (`_own`).
+        # cache it, is handed its own copy (`_own_copies`).
         self._outputs: dict[tuple[object, ...], FakeTensor] = {}
         self._shared: set[int] = set()  # ids of the tensors in _outputs
         # run_node's InputError already names the node and the user's line; fx's extra
@@ -884,15 +899,18 @@ class _ShapeProp(_Run):
             self._shared.add(id(out))
         return out
 
-    def _own(self, value: object) -> object:
-        """`value` with each shared tensor in it replaced by a copy of its own."""
-        if isinstance(value, FakeTensor):
-            return _empty(value, tuple(value.shape)) if id(value) in self._shared else value
-        if type(value) in (tuple, list):
-            return type(value)(self._own(v) for v in value)
-        if type(value) is dict:
-            return {k: self._own(v) for k, v in value.items()}
-        return value
+    def _own_copies(self, n: torch.fx.Node) -> tuple[tuple, dict]:
+        """The node's arguments, each input whose value is a shared tensor given a copy of its
+        own: one per input node, so that ``query is key`` holds exactly where it did in the
+        model (nn.MultiheadAttention takes another path for self-attention)."""
+        shared = {a: self.env[a] for a in n.all_input_nodes if id(self.env.get(a)) in self._shared}
+        if not shared:
+            return self.fetch_args_kwargs_from_env(n)
+        self.env.update({a: _empty(v, tuple(v.shape)) for a, v in shared.items()})
+        try:
+            return self.fetch_args_kwargs_from_env(n)
+        finally:
+            self.env.update(shared)
 
     def run_node(self, n: torch.fx.Node) -> object:
         # Interpreter.run_node's context (a node-meta scope for passes that create nodes, a
@@ -905,7 +923,7 @@ class _ShapeProp(_Run):
                 result = self._by_rule(n, args, kwargs) if n.op.startswith("call_") else None
                 if result is None:
                     if self._shared:
-                        args, kwargs = self._own(args), self._own(kwargs)
+                        args, kwargs = self._own_copies(n)
                     result = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
             raise InputError(

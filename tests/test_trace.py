@@ -428,3 +428,27 @@ def test_the_traced_module_holds_what_fx_s_own_graph_module_would() -> None:
     assert held(gm) == held(reference)
     assert "stages.0.shift" not in gm.state_dict() and "unused" not in dict(gm.named_modules())
     assert torch.equal(gm(x), model(x))
+
+
+def test_ops_see_their_inputs_as_the_model_made_them() -> None:
+    """Ruled ops share one fake tensor per layout while tracing; an op without a rule still
+    gets one object per input node. nn.MultiheadAttention given two nodes of one layout as
+    query and key must not see ``query is key`` (self-attention, whose fast path returns an
+    empty tensor where a real run here returns None)."""
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            q, k = x * 2, x + 1  # two nodes with one layout
+            return self.attn(q, k, k, need_weights=False)
+
+    model, x = Attention().eval(), torch.randn(2, 5, 8)
+    gm = fxprune.trace(model, x, capture="symbolic")
+    with torch.no_grad():
+        real = model(x)
+    traced = next(n for n in gm.graph.nodes if n.op == "call_module").meta["tensor_meta"]
+    assert [None if m is None else tuple(m.shape) for m in traced] == [
+        None if t is None else tuple(t.shape) for t in real] == [(2, 5, 8), None]
