@@ -85,6 +85,7 @@ class Context:
         self._where: str | None = None
         # get_submodule walks the dotted path with getattr: resolve each module name once
         self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.memo: dict[object, object] = {}  # what a pass works out once per analysis
 
     def entry_of(self, node: torch.fx.Node) -> Op | None:
         """The op table entry of any node (a rule looking ahead at the current one's users)."""
@@ -194,7 +195,8 @@ class Context:
             return False
         held = self.tflow(value).dims.get(dim)
         at = self._bare.get(int(held[0])) if held is not None and len(held) == len(ids) else None
-        if at is None or not np.array_equal(self.members[at][3], held):
+        if at is None or (self.members[at][3] is not held
+                          and not np.array_equal(self.members[at][3], held)):
             return False
         node, qualified, d, _, _ = self.members[at]
         self.members[at] = (node, qualified, d, ids, role)
