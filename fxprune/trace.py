@@ -164,6 +164,7 @@ class _Tracer(torch.fx.Tracer):
         self._names: tuple[dict[int, str], dict[int, str]] | None = None
         # the root's modules by name (``named_modules(remove_duplicate=False)``), walked once
         self.modules = modules
+        self._entries: dict[type, ops.Op | None] = {}  # op table entries by module class
         self.module_stack = _ModuleStack()
         # (code, line) -> a node's stack_trace: a block's code makes the same nodes per block
         self._stack_traces: dict[tuple[types.CodeType, int], str] = {}
@@ -357,12 +358,12 @@ class _Tracer(torch.fx.Tracer):
         if self._running:  # `_value` runs a module: fx's patch of nn.Module.__call__ steps aside
             return forward(*args, **kwargs)
         if len(args) == 1 and not kwargs and not isinstance(m, self.leaf_types):
-            entry = ops.lookup_module(m)
+            entry = self._entry(m)
             if entry is not None and entry.passthrough:
                 return args[0]
         result = super().call_module(m, forward, args, kwargs)
         if (isinstance(result, torch.fx.Proxy) and result.node.op == "call_module"
-                and result.node.target == self.path_of_module(m) and ops.lookup_module(m) is None):
+                and result.node.target == self.path_of_module(m) and self._entry(m) is None):
             return self.unpack(result)  # the call of a leaf, not the last op of a traced module
         return result
 
@@ -437,6 +438,14 @@ class _Tracer(torch.fx.Tracer):
                 raise
             return self.create_node("get_attr", name, (), {})
 
+    def _entry(self, m: torch.nn.Module) -> ops.Op | None:
+        """`ops.lookup_module`, which depends on the module's class alone: once per class
+        (each module call asks up to three times)."""
+        cls = type(m)
+        if cls not in self._entries:
+            self._entries[cls] = ops.lookup_module(m)
+        return self._entries[cls]
+
     def _modules(self) -> Mapping[str, torch.nn.Module]:
         if self.modules is None:
             self.modules = dict(self.root.named_modules(remove_duplicate=False))
@@ -483,7 +492,7 @@ class _Tracer(torch.fx.Tracer):
         # fx keeps every torch.nn module whole; those the op table does not know
         # (nn.TransformerEncoder, nn.TransformerDecoderLayer, ...) are traced through instead,
         # and those of other libraries that it knows are kept whole where it says so
-        entry = ops.lookup_module(m)
+        entry = self._entry(m)
         return entry is not None and (entry.whole or super().is_leaf_module(m, module_qualified_name))
 
     def create_node(self, *args: object, **kwargs: object) -> torch.fx.Node:
@@ -822,9 +831,10 @@ class _ShapeProp(_Run):
     def __init__(self, gm: torch.nn.Module, mode: FakeTensorMode | None = None,
                  graph: torch.fx.Graph | None = None,
                  modules: dict[str, torch.nn.Module] | None = None) -> None:
-        # a graph given apart from its module is one being traced: it grows, so no value
-        # can be freed after what is its last use so far
-        super().__init__(gm, garbage_collect_values=graph is None, graph=graph)
+        # A graph given apart from its module is one being traced: it grows, so no value can
+        # be freed after what is its last use so far. Nor need a fake value be freed: it holds
+        # no data, and working out last uses costs a walk of the whole graph.
+        super().__init__(gm, garbage_collect_values=graph is None and mode is None, graph=graph)
         self.mode = mode
         # Most nodes repeat a few layouts: their metadata is worked out once per layout.
         self._layouts: dict[tuple[object, ...], TensorMetadata] = {}
@@ -1007,7 +1017,9 @@ def _propagate(gm: torch.fx.GraphModule, inputs: tuple[object, ...],
     exported = gm.meta.get(CAPTURE_KEY, "").startswith("export")
     modules = dict(gm.named_modules(remove_duplicate=False))  # one walk for all that follows
     # a module held under two names is listed twice: switched twice, harmlessly
-    training = [] if exported else [m for m in modules.values() if m.training]
+    # (a plain container, where the graph module holds part of a module, never runs)
+    training = [] if exported else [m for m in modules.values()
+                                     if m.training and type(m) is not torch.nn.Module]
     for m in training:
         m.training = False
     # modules the table does not know (leaves) run their own code, which may cache a tensor
