@@ -243,7 +243,7 @@ class _Tracer(torch.fx.Tracer):
                 with self.example.mode, torch.no_grad(), _quiet(_FAKE_LOG):
                     if self._run is None:
                         run = _ShapeProp(self.root, self.example.mode, self.graph,
-                                         modules=self._modules())
+                                         modules=self._named_modules())
                         run.env, run.args_iter = self._env, iter(self.example.values(self.graph))
                         self._run = run
                         # every input at once (fx made them all before forward ran): what
@@ -446,7 +446,8 @@ class _Tracer(torch.fx.Tracer):
             self._entries[cls] = ops.lookup_module(m)
         return self._entries[cls]
 
-    def _modules(self) -> Mapping[str, torch.nn.Module]:
+    def _named_modules(self) -> Mapping[str, torch.nn.Module]:
+        """The root's modules by dotted name, duplicates included (walked once)."""
         if self.modules is None:
             self.modules = dict(self.root.named_modules(remove_duplicate=False))
         return self.modules
@@ -466,7 +467,7 @@ class _Tracer(torch.fx.Tracer):
         where it holds no such tensor, or no longer under that name."""
         if self._names is None:
             self._names = ({}, {})
-            for path, module in self._modules().items():  # a module held twice: its first name
+            for path, module in self._named_modules().items():  # a module held twice: its first name
                 prefix = f"{path}." if path else ""
                 for names, held in zip(self._names, (module._parameters, module._buffers)):
                     for attr, tensor in held.items():
