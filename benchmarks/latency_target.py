@@ -18,7 +18,7 @@ Rows are written to the JSON file as they finish: a rerun skips the rows it hold
 killed run resumes; ``--saved`` prints the tables without timing anything.
 
     python benchmarks/latency_target.py [--models mobilenet_v2,resnet50,vit_b_16,digits]
-        [--batches 1,32] [--targets 0.5,0.7] [--repeats 10] [--saved]
+        [--batches 1,32] [--targets 0.5,0.7] [--repeats 10] [--saved] [--timer-check]
 
 On two CPU cores a table takes 3-10 minutes at batch 1 and for MobileNet-v2 at batch 32; one
 timed ResNet-50 plan at batch 32 takes about a minute, so its 91-plan table takes 90 minutes.
@@ -172,6 +172,26 @@ def summary(rows: list[dict]) -> None:
     print("table's held-out error: " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
 
 
+def timer_check(loaders: dict) -> None:
+    """How much paired timing of a 0.09 ms model spreads with the timer's fixed ten pairs
+    (``min_ms=0``) and with its default of at least 50 ms of runs: DigitsNet at batch 1 timed
+    against a copy of itself, and against a half-width DigitsNet, eight times each."""
+    import copy
+
+    from fxprune.app.model_zoo import DigitsNet
+
+    model, x = model_and_input("digits", loaders)
+    half = DigitsNet(width=16).eval()
+    print("| min_ms | pairs | reference ms | itself / reference (min..max of 8) | half width / reference |")
+    print("|---:|---:|---:|---|---|")
+    for min_ms in (0.0, 50.0):
+        timer = OnnxRuntimeTimer(model, x, batch=1, min_ms=min_ms)
+        same = [timer(copy.deepcopy(model), (x,)).ms / timer.base_ms for _ in range(8)]
+        smaller = [timer(half, (x,)).ms / timer.base_ms for _ in range(8)]
+        print(f"| {min_ms:g} | {timer.repeats} | {timer.base_ms:.4f} | {min(same):.3f}..{max(same):.3f} "
+              f"| {min(smaller):.3f}..{max(smaller):.3f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mobilenet_v2,digits,resnet50,vit_b_16")
@@ -181,6 +201,8 @@ def main() -> int:
     parser.add_argument("--finetune", type=int, default=5, help="epochs, digits only")
     parser.add_argument("--json", default="benchmarks/results/latency_target.json")
     parser.add_argument("--saved", action="store_true", help="print the saved rows, time nothing")
+    parser.add_argument("--timer-check", action="store_true",
+                        help="only show how the paired timer spreads on a 0.09 ms model")
     args = parser.parse_args()
     saved = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
     done = {row["key"]: row for row in saved}
@@ -193,6 +215,9 @@ def main() -> int:
     loaders = {"train": DataLoader(train, batch_size=32, shuffle=True,
                                    generator=torch.Generator().manual_seed(0)),
                "test": DataLoader(test, batch_size=512)}
+    if args.timer_check:
+        timer_check(loaders)
+        return 0
     targets = [float(t) for t in args.targets.split(",")]
     rows = []
     for name in args.models.split(","):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -49,7 +50,7 @@ from fxprune.trace import trace
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime",)
-CACHE_FORMAT = 3  # part of the cache key: a change in how models are timed starts afresh
+CACHE_FORMAT = 4  # part of the cache key: a change in how models are timed starts afresh
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,28 @@ class OnnxRuntimeTimer:
     random inputs at `batch`, its runs alternating with the reference's. A model's time is
     the reference's (timed once, at the start) times the median ratio of paired runs, so a
     machine that slows down for a while slows both sides of every pair alike. Idle worker
-    threads do not spin (`ort_session`), or each session would slow the other."""
+    threads do not spin (`ort_session`), or each session would slow the other.
+
+    Each model is timed over `repeats` pairs, or more where that takes under `min_ms` of the
+    reference's runs: a run of a tenth of a millisecond is mostly waking threads, and ten
+    pairs of such a model timed against itself can come out a third slow, where a thousand
+    agree within about 1% (``python benchmarks/latency_target.py --timer-check``)."""
 
     def __init__(self, reference: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                  *, batch: int = 1, device: str = "cpu", warmup: int = 3,
-                 repeats: int = 10) -> None:
+                 repeats: int = 10, min_ms: float = 50.0) -> None:
         from fxprune.export.deploy import at_batch
 
-        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self.device, self.warmup = device, warmup
         self.folder = tempfile.TemporaryDirectory(prefix="fxprune-latency-")  # goes with self
         self.feed = at_batch(as_input_tuple(example_inputs), batch)
         self.reference = self._session(reference, as_input_tuple(example_inputs), "reference")
         for _ in range(warmup):
             self.reference()
-        self.base_ms = statistics.median(self.reference() for _ in range(2 * repeats))
+        first = [self.reference() for _ in range(2 * repeats)]
+        self.repeats = max(repeats, math.ceil(min_ms / max(statistics.median(first), 1e-6)))
+        rest = [self.reference() for _ in range(2 * (self.repeats - repeats))]
+        self.base_ms = statistics.median(first + rest)
 
     def __call__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Timing:
         run = self._session(model, inputs, "candidate")

@@ -222,6 +222,16 @@ def test_the_onnxruntime_timer_takes_a_graph_captured_by_torch_export() -> None:
     assert timer.base_ms > 0 and timing.ms > 0
 
 
+def test_a_fast_model_is_timed_over_more_pairs() -> None:
+    """Runs of a fraction of a millisecond are mostly waking threads: the timer takes as many
+    pairs as make `min_ms` of the reference's runs, and never fewer than `repeats`."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), torch.randn(2, 8)
+    assert OnnxRuntimeTimer(model, x, warmup=1, repeats=3, min_ms=0).repeats == 3
+    timer = OnnxRuntimeTimer(model, x, warmup=1, repeats=3, min_ms=100)
+    assert timer.repeats >= 20 and timer.repeats >= 50 / timer.base_ms  # a run takes well under 5 ms
+
+
 def test_a_coarse_last_step_gives_way_to_finer_groups_that_land_on_the_target(digits) -> None:
     """The group the scores favour saves most per step: its next step would land far under
     the target, so the plan finishes with the other groups (slack=1 turns that off)."""
