@@ -210,7 +210,8 @@ def main() -> int:
         summary(saved)
         return 0
     torch.set_flush_denormal(True)  # random weights give subnormals that slow CPU kernels
-    print(f"onnxruntime {onnxruntime.__version__} CPU; {args.repeats} paired runs per plan\n")
+    print(f"onnxruntime {onnxruntime.__version__} CPU; at least {args.repeats} paired runs and 50 ms "
+          "of the reference's runs per plan\n")
     train, test = digits(seed=0)
     loaders = {"train": DataLoader(train, batch_size=32, shuffle=True,
                                    generator=torch.Generator().manual_seed(0)),
