@@ -85,6 +85,23 @@ def test_plans_keep_widths_the_table_shows_fast_and_meet_the_measured_target(dig
     assert fxprune.cost(latency_plan, x).params > fxprune.cost(macs_plan, x).params
 
 
+def test_a_table_off_by_a_factor_is_met_within_three_timed_plans(digits) -> None:
+    """Where every plan measures 8% slower than the table predicts, the next probe divides the
+    aim by that factor: the band is met by the third timed plan (the second lands just under
+    it, as plans move in blocks of channels), where halving the bracket took six."""
+    gm, graph, _ = digits
+    table = _table(digits)
+    scores = {g: s.detach().numpy() for g, s in Scorer(gm, graph, "magnitude").scores(gm).items()}
+    target = 0.5 * table.full_ms
+
+    def measure(removed: dict[int, list[int]]) -> float:
+        return 1.08 * table.predict(_widths(graph, removed))
+
+    met = meet_latency(table, scores, target, graph, measure, tolerance=0.03)
+    assert 0.97 * target <= met.measured_ms <= target
+    assert len(met.probes) <= 3 and met.probes[0][1] > target
+
+
 def test_the_plan_removes_what_costs_least_score_per_millisecond(digits) -> None:
     gm, graph, x = digits
     table = _table(digits)
