@@ -454,6 +454,12 @@ def _next_table_target(probes: Sequence[tuple[float, float]], factors: Sequence[
     lo, up = bracket(probes, target_ms, 0.0, hi, rising=True)
     closest = min(range(len(probes)), key=lambda i: abs(probes[i][1] - aim))
     guess = aim / factors[closest] if factors[closest] > 0 else lo
+    if not lo < guess < up:
+        # timing noise (a plan measured slower than a wider one) put the guess past the
+        # bracket: scale the bound's own table target by how far it missed, not halve to 0
+        bound = up if guess >= up else lo
+        measured = next((m for x, m in probes if x == bound), 0.0)
+        guess = bound * aim / measured if measured > 0 else guess
     return guess if lo < guess < up else (lo + up) / 2
 
 
