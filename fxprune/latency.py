@@ -428,7 +428,8 @@ def meet_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     Each probe aims at the middle of that band. The first trusts the table; the next divide the
     aim by how far the table's prediction of the plan measured closest was off (a factor near
     one: ViT-B/16's first plan measured 7% under), where that stays inside the bracket the
-    probes give, else bisect it."""
+    probes give. Where timing noise puts it past the bracket (a narrower plan measured slower),
+    the bracket's bound is scaled by its own miss; only where that fails too is it bisected."""
     probes: list[tuple[float, float]] = []
     plans = []
     hi = table.full_ms
