@@ -14,8 +14,8 @@ say how well the table predicts (`LatencyTable.checks`).
 
 `plan_latency` chooses channels for a latency. It is greedy over the table: each step removes
 the channels that cost the least score per millisecond saved, to a multiple of `step`.
-`meet_latency` then times the plan itself and moves the table's target by bisection until the
-measured latency meets the real one.
+`meet_latency` then times the plan itself and moves the table's target until the measured
+latency meets the real one, each move scaled by how far the table was off.
 
 The table is cached in a JSON file. The key covers the model (its graph and shapes), the
 backend, device, batch, step, sampling and library versions. The file is rewritten after
