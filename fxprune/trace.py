@@ -455,7 +455,7 @@ class _Tracer(torch.fx.Tracer):
     def _held(self, value: object) -> str | None:
         """The dotted name of a plain attribute of one of the root's modules that is `value`
         itself (the first in named_modules() order), or None."""
-        for path, module in self.root.named_modules():
+        for path, module in self._named_modules().items():
             for attr, held in vars(module).items():
                 if held is value and not attr.startswith("_"):
                     return f"{path}.{attr}" if path else attr
@@ -910,13 +910,14 @@ class _ShapeProp(_Run):
             self._shared.add(id(out))
         return out
 
-    def _own_copies(self, n: torch.fx.Node) -> tuple[tuple, dict]:
-        """The node's arguments, each input whose value is a shared tensor given a copy of its
-        own: one per input node, so that ``query is key`` holds exactly where it did in the
-        model (nn.MultiheadAttention takes another path for self-attention)."""
+    def _own_copies(self, n: torch.fx.Node, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The node's arguments (`args`, `kwargs` as fetched), each input whose value is a shared
+        tensor given a copy of its own: one per input node, so that ``query is key`` holds
+        exactly where it did in the model (nn.MultiheadAttention takes another path for
+        self-attention)."""
         shared = {a: self.env[a] for a in n.all_input_nodes if id(self.env.get(a)) in self._shared}
         if not shared:
-            return self.fetch_args_kwargs_from_env(n)
+            return args, kwargs
         self.env.update({a: _empty(v, tuple(v.shape)) for a, v in shared.items()})
         try:
             return self.fetch_args_kwargs_from_env(n)
@@ -934,7 +935,7 @@ class _ShapeProp(_Run):
                 result = self._by_rule(n, args, kwargs) if n.op.startswith("call_") else None
                 if result is None:
                     if self._shared:
-                        args, kwargs = self._own_copies(n)
+                        args, kwargs = self._own_copies(n, args, kwargs)
                     result = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit
             raise InputError(
