@@ -39,7 +39,7 @@ from fxprune.pruner import CatalystPruner, spearman
 # first level, and a diffusion block's GroupNorms (its residual stream and its inner width).
 NORM_GROUPS = {"residual": 2, "norms": 2, "channels_last": 1, "subclassed": 1, "functional": 2,
                "generator": 1, "dcgan": 2, "unet": 1, "diffusion_block": 2}
-EXTENDED = [(n, "group") for n in sorted(set(MODELS) - NO_PRUNABLE_GROUP)] + [
+EXTENDED = [(n, t) for n in sorted(set(MODELS) - NO_PRUNABLE_GROUP) for t in ("group", "full")] + [
     (n, "bn") for n in sorted(NORM_GROUPS)]
 
 
@@ -52,7 +52,7 @@ def test_extended_tiny_models_equal_the_original(name: str, target: str) -> None
     # catalysts are there to be checked: one per prunable group that a layer makes (not the
     # features of a table held as a buffer), or per group with a norm layer
     made = [g for g in graph.prunable if _sites(gm, g)]
-    expected = len(made) if target == "group" else NORM_GROUPS[name]
+    expected = NORM_GROUPS[name] if target == "bn" else len(made)
     assert len(list(catalysts(extended))) == expected > 0
     with torch.no_grad():
         torch.testing.assert_close(extended(x), gm(x), rtol=0, atol=1e-6)
@@ -329,10 +329,11 @@ def test_penalty_is_differentiable_and_reaches_every_catalyst() -> None:
     assert float(catalyst_penalty(pruner.model)) > 0
 
 
+@pytest.mark.parametrize("target", ["group", "full"])
 @pytest.mark.parametrize("name", ["residual", "concat", "shuffle", "grouped_conv", "norms", "tokens"])
-def test_penalty_equals_the_sum_over_groups_of_d_times_the_group_norm(name: str) -> None:
+def test_penalty_equals_the_sum_over_groups_of_d_times_the_group_norm(name: str, target: str) -> None:
     model, x = build(name)
-    gm = CatalystPruner(model, x, c=1.3, inexact=True).model
+    gm = CatalystPruner(model, x, c=1.3, inexact=True, target=target).model
     torch.manual_seed(0)
     with torch.no_grad():
         for _, m in catalysts(gm):
@@ -392,3 +393,65 @@ def test_a_bn_target_on_a_model_without_norms_says_why_nothing_holds_a_catalyst(
         pruner = CatalystPruner(model, torch.randn(2, 8), target="bn")
     with pytest.raises(fxprune.InputError, match="holds no catalyst"):
         pruner.penalty()
+
+
+# --- the angular step (AngularStep) -----------------------------------------------------------
+
+
+def _conv_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),  # row invariant
+                         nn.Conv2d(8, 6, 3), nn.ReLU(),  # no norm: the loss's step is left alone
+                         nn.Flatten(), nn.Linear(6 * 4 * 4, 5), nn.BatchNorm1d(5), nn.ReLU(),
+                         nn.Linear(5, 2))
+
+
+def test_only_rows_that_a_per_channel_norm_alone_reads_are_scale_invariant() -> None:
+    pruner = CatalystPruner(_conv_bn_net(), torch.randn(2, 3, 8, 8))
+    assert pruner.angular.dims == {"0.weight": 0, "6.weight": 0}
+    assert CatalystPruner(_conv_bn_net(), torch.randn(2, 3, 8, 8), angular=False).angular is None
+
+
+def test_the_angular_step_scales_the_loss_gradient_and_keeps_the_penalty_gradient() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    plain = CatalystPruner(_conv_bn_net(), x, angular=False)
+    angular = CatalystPruner(_conv_bn_net(), x)
+    factor = torch.linspace(0.1, 2.0, 8).view(-1, 1, 1, 1)  # rows shrunk and grown since the start
+    for pruner in (plain, angular):
+        with torch.no_grad():
+            pruner.model.get_parameter("0.weight").mul_(factor)
+    params = dict(plain.model.named_parameters())
+    loss = plain.model(x).square().mean()
+    from_loss = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
+    from_penalty = dict(zip(params, torch.autograd.grad(plain.penalty(), list(params.values()),
+                                                        allow_unused=True)))
+    (angular.model(x).square().mean() + angular.penalty()).backward()
+    got = dict(angular.model.named_parameters())
+    s = factor.square()
+    torch.testing.assert_close(got["0.weight"].grad, s * from_loss["0.weight"] + from_penalty["0.weight"])
+    s6 = (params["6.weight"].detach().norm(dim=1, keepdim=True)
+          / angular.angular.start["6.weight"]).square()
+    torch.testing.assert_close(s6, torch.ones_like(s6))
+    for name in ("3.weight", "0.bias", "1.weight"):  # no scale-invariant row: the plain sum
+        want = sum(g[name] for g in (from_loss, from_penalty) if g[name] is not None)
+        torch.testing.assert_close(got[name].grad, want)
+    # a backward without the penalty: the loss's gradient scaled, nothing left over
+    angular.model.zero_grad()
+    angular.model(x).square().mean().backward()
+    torch.testing.assert_close(got["0.weight"].grad, s * from_loss["0.weight"])
+    assert not angular.angular._apart
+
+
+def test_the_full_target_adds_the_consumers_input_columns_to_g() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3))
+    x = torch.randn(2, 6)
+    norms = {}
+    for target in ("group", "full"):
+        pruner = CatalystPruner(model, x, target=target)
+        (catalyst,) = [m for _, m in catalysts(pruner.model)]
+        norms[target] = catalyst.magnitude(pruner.model)
+    fc1, fc2 = model[0], model[2]
+    rows = fc1.weight.detach().square().sum(1) + fc1.bias.detach().square()
+    torch.testing.assert_close(norms["group"], (rows + 1e-12).sqrt())
+    torch.testing.assert_close(norms["full"], (rows + fc2.weight.detach().square().sum(0) + 1e-12).sqrt())

@@ -24,6 +24,7 @@ from fxprune.app.cli import main
 from fxprune.app.datasets import load_data
 from fxprune.app.job import Job, JobConfig
 from fxprune.errors import InputError
+from fxprune.pruner import DEFAULT_C
 
 TINY = ["--pretrain-epochs", "2", "--opt1-epochs", "3", "--finetune-epochs", "1"]
 
@@ -209,7 +210,7 @@ def test_catalyst_meets_a_macs_target_by_choosing_c(tmp_path: Path) -> None:
                     out=str(tmp_path))
     report = Job(cfg).run()
     probes = report["calibration"]
-    assert len(probes) == 4 and probes[0]["c"] == 1.2
+    assert len(probes) == 4 and probes[0]["c"] == DEFAULT_C
     # bisection: a probe that pruned too little raises c0, one that pruned enough lowers it
     for before, after in zip(probes, probes[1:]):
         assert (after["c"] > before["c"]) == (before["fraction"] > 0.5)
@@ -256,7 +257,8 @@ class _KilledAfterOpt1(Job):
 
 def test_an_opt1_that_converged_early_trains_no_further_after_a_resume(tmp_path: Path) -> None:
     # kappa 0.05: every |log10 c| starts at log10(1.2) > kappa, so opt1 converges in one epoch
-    settings = {"pretrain_epochs": 1, "opt1_epochs": 3, "finetune_epochs": 1, "kappa": 0.05}
+    settings = {"pretrain_epochs": 1, "opt1_epochs": 3, "finetune_epochs": 1, "kappa": 0.05,
+                "c": 1.2}
     whole = Job(JobConfig(**settings, out=str(tmp_path / "whole"))).run()
     history = _report(tmp_path / "whole")["history"]
     assert whole["converged"] and [h["epoch"] for h in history if h["stage"] == "opt1"] == [0]

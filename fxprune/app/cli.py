@@ -226,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", dest="data_dir", help="folder holding the data set")
     p.add_argument("--image-size", dest="image_size", type=int)
     p.add_argument("--method", choices=["catalyst", "l1", "group-lasso", "slimming", "magnitude"])
-    p.add_argument("--c", type=float, help="Catalyst's c0 (the sparsity knob; default 1.2)")
+    p.add_argument("--c", type=float, help="Catalyst's c0 (the sparsity knob; default 1.1)")
+    p.add_argument("--g", choices=["group", "full", "bn"],
+                   help="Catalyst's G: the layers' slices of each channel (group, the default), "
+                        "those and the consumers' input columns (full: decides faster on models "
+                        "without BatchNorm), or the norm's scale and shift (bn)")
     p.add_argument("--gamma", type=float, help="regulariser weight (default 0.02)")
     p.add_argument("--kappa", type=float, help="decades of |log10 c| for convergence (default 2)")
     p.add_argument("--target-macs", dest="target_macs", type=float,

@@ -80,6 +80,7 @@ class JobConfig:
     image_size: int = 224
     method: str = "catalyst"
     c: float = DEFAULT_C
+    g: str = "group"  # Catalyst's G (`fxprune.passes.catalyst.group_slices`): group, full or bn
     gamma: float = DEFAULT_GAMMA
     kappa: float = DEFAULT_KAPPA
     strength: float = 2e-3  # the baselines' regulariser weight (group lasso, slimming)
@@ -503,7 +504,7 @@ class Job:
         budget."""
         cfg = self.cfg
         pruner = CatalystPruner(gm, self.example, c=c if per_group is None else per_group,
-                                gamma=cfg.gamma, kappa=cfg.kappa)
+                                target=cfg.g, gamma=cfg.gamma, kappa=cfg.kappa)
         optimizer = pruner.sgd(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
         def watch(loss: float) -> tuple[Row, bool]:
@@ -591,8 +592,7 @@ class Job:
     def _catalyst_decision(self, gm: torch.fx.GraphModule) -> tuple[Decision, torch.fx.GraphModule]:
         cfg, done = self.cfg, self.state.opt1_done
         pruner = CatalystPruner(gm, self.example, c=done.get("c_groups", done.get("c", cfg.c)),
-                                gamma=cfg.gamma,
-                                kappa=cfg.kappa)
+                                target=cfg.g, gamma=cfg.gamma, kappa=cfg.kappa)
         if done:
             pruner.model.load_state_dict(done["model"])
         before = accuracy(pruner.model, self.test_loader, device=self.device)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,7 @@ from fxprune.trace import with_code
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("group", "bn")
+TARGETS = ("group", "full", "bn")
 
 
 @dataclass(frozen=True)
@@ -181,12 +181,17 @@ def catalysts(gm: nn.Module) -> Iterator[tuple[str, Catalyst]]:
             yield name, module
 
 
-def catalyst_penalty(gm: nn.Module) -> torch.Tensor:
+def catalyst_penalty(gm: nn.Module, *,
+                     watch: Mapping[str, Callable[[torch.Tensor], None]] | None = None) -> torch.Tensor:
     """||DW||_{2,1}: the sum over groups and channels of |D_i| ||G_i||, differentiable.
 
     Computed for all groups at once (one norm per matrix, one square of every vector, one
     scatter into every group's channels): it runs every training step, and per-group sums
     cost a CIFAR ResNet-56 about as much in op dispatch as in arithmetic.
+
+    `watch` maps matrix parameter names to a hook that receives, at backward, the penalty's own
+    gradient on that parameter (apart from the task loss's; see `CatalystPruner`'s angular
+    step).
     """
     found = [m for _, m in catalysts(gm)]
     if not found:
@@ -198,8 +203,13 @@ def catalyst_penalty(gm: nn.Module) -> torch.Tensor:
         cached = gm.__dict__["_fxprune_penalty"] = (key, _penalty_plan(gm, found, device))
     matrices, vectors, index = cached[1]
     rows = []
+    hooked = watch is not None and torch.is_grad_enabled()
     for param, dim, positions in matrices:
-        r = _row_sums(gm.get_parameter(param), dim, 2)
+        p = gm.get_parameter(param)
+        if hooked and param in watch and p.requires_grad:
+            p = p.view_as(p)  # the penalty's own read of p: its hook sees the penalty's gradient
+            p.register_hook(watch[param])
+        r = _row_sums(p, dim, 2)
         rows.append(r if positions is None else r[positions])
     if vectors:
         flat = [gm.get_parameter(param) for param, _ in vectors]
@@ -231,10 +241,39 @@ def _penalty_plan(gm: nn.Module, found: list[Catalyst],
     return matrices, vectors, torch.cat(matrix_index + vector_index)
 
 
+def scale_invariant(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """The producer weights whose output only a norm with per-channel statistics reads
+    (BatchNorm, InstanceNorm; a catalyst reading it too), each with its output-channel dim:
+    in training mode the function does not change with the scale of any one of their rows.
+    Modules called more than once, and functional producers, are left out."""
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    found = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        entry = ops.lookup(node, modules[node.target])
+        if entry is None or entry.produces is None or "weight" not in entry.out_params:
+            continue
+        readers = [u for u in node.users
+                   if not (u.op == "call_module" and isinstance(modules.get(u.target), Catalyst))]
+        if len(readers) != 1 or readers[0].args[:1] != (node,):
+            continue
+        (reader,) = readers
+        norm = ops.lookup(reader, modules.get(reader.target) if reader.op == "call_module" else None)
+        if norm is not None and norm.norm and norm.catalyst_after:
+            found[f"{node.target}.weight"] = entry.out_params["weight"]
+    return found
+
+
 def group_slices(gm: nn.Module, group: ChannelGroup, target: str) -> list[Slice]:
     """The parameter slices that make G for `group`: "group" (every trainable slice holding
-    the channels: producer rows, biases, norm scale and shift) or "bn" (norm scale and shift),
-    or "bn-scale" (norm scale only, network slimming's)."""
+    the channels: producer rows, biases, norm scale and shift), "full" (those and the
+    consumers' input columns that read the channels), "bn" (norm scale and shift), or
+    "bn-scale" (norm scale only, network slimming's)."""
     return [(src.param, src.dim, pos, chan) for src, pos, chan in _sources(gm, group, target)]
 
 
@@ -243,7 +282,7 @@ def _sources(gm: torch.fx.GraphModule, group: ChannelGroup, target: str) -> list
     nodes = {n.name: n for n in gm.graph.nodes}
     out = []
     for m in group.params:
-        if m.role == "in" or m.param not in params:
+        if m.role == "in" and target != "full" or m.param not in params:
             continue
         if target in ("bn", "bn-scale"):
             role = _norm_argument(gm, nodes, m)
@@ -320,6 +359,7 @@ def insert_catalysts(
     channel (a group the mapping leaves out starts at 1, undecided; a latency target starts the
     groups whose channels cost more further toward pruning; a plan's channels can start past 1
     and the rest well below it).
+    `target` says what G is (see `group_slices`).
     With ``loss_gradient=True``, D also receives the task loss's gradient sum(dL/dpsi * u) (the
     paper's method as written); by default it moves by the regulariser alone (see above).
 
