@@ -9,15 +9,15 @@ margin, MACs cut. Each epoch's log10 c of every channel is kept, and the slowest
 trajectories are plotted, so the channels that stall can be seen.
 
 ``--remedy`` names the variants of opt1 to run (``VARIANTS``): ``default`` is fxprune's
-(SGD lr 0.02, gamma 0.02, D moved by the regulariser alone, weight decay on every parameter),
-``paper`` the method as written (D also receives the task loss's gradient), and the others
-change one thing: of the paper's, gamma doubled or no weight decay on D; of the default,
-gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate halved with gamma
-doubled so that the regulariser's step lr * gamma stays (``lr-0.01``), G made of the norm's
-scale and shift alone (``bn``, the paper's "Ours-BN"), the task loss's step on every conv or
-linear row before a BatchNorm scaled by its squared norm relative to the start of opt1
-(``angular``: the row's angular step kept as the penalty shrinks it), or
-no penalty at all (``no-penalty``: what the loop alone costs; its pruning step means nothing).
+(SGD lr 0.02, gamma 0.02, D moved by the regulariser alone, weight decay on every parameter,
+the task loss's angular step kept on rows that only a BatchNorm reads), ``full`` the default
+with the consumers' input columns in G, ``plain`` the default without the angular step (the
+default until then), ``paper`` plain as the paper writes it (D also receives the task loss's
+gradient), and the others change one thing: of the paper's, gamma doubled or no weight decay
+on D; of plain, gamma halved (``gamma-0.01``: a slower fade), the loss's learning rate halved
+with gamma doubled so that the regulariser's step lr * gamma stays (``lr-0.01``), G made of
+the norm's scale and shift alone (``bn``, the paper's "Ours-BN"), or no penalty at all
+(``no-penalty``: what the loop alone costs; its pruning step means nothing).
 ``--c 1.0`` runs the transition with nothing to prune in the end.
 
 Every epoch's top-1 is measured after re-estimating BatchNorm's running statistics
@@ -26,7 +26,7 @@ averages lag weights that opt1 shrinks by orders of magnitude, so that figure di
 points the model never lost.
 
     python benchmarks/catalyst_convergence.py [--archs digitsnet,vgg,...] [--seeds 0,1,2]
-        [--c 1.2,1.5] [--remedy default,paper] [--cap 150] [--out benchmarks/results]
+        [--c 1.1,1.2,1.5] [--remedy default,plain] [--cap 150] [--out benchmarks/results]
 
 Finished runs are saved as they end (the summary JSON and one .npy of log10 c per run), so a
 killed study rerun with the same arguments skips them.
@@ -301,8 +301,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--c", default="1.2,1.5")
-    parser.add_argument("--remedy", default="default,paper",
+    parser.add_argument("--c", default="1.1,1.15,1.2,1.5")
+    parser.add_argument("--remedy", default="default,plain",
                         help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--cap", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 "
