@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,7 +116,7 @@ class AngularStep:
         self.start = {name: self._norms(params[name], dim).detach().clamp_min(1e-12)
                       for name, dim in self.dims.items()}
         self._apart: dict[str, torch.Tensor] = {}
-        self.watch = {name: functools.partial(self._set_apart, name) for name in self.dims}
+        self._watch = {name: functools.partial(self._set_apart, name) for name in self.dims}
         self._handles = [params[name].register_hook(functools.partial(self._scale, params[name], name))
                          for name in self.dims]
 
@@ -125,6 +125,13 @@ class AngularStep:
         """Each row's norm along output dim `dim`, shaped to broadcast against `w`."""
         others = [i for i in range(w.dim()) if i != dim % w.dim()]
         return torch.linalg.vector_norm(w, dim=others, keepdim=True)
+
+    def watch(self) -> dict[str, Callable[[torch.Tensor], None]]:
+        """The hooks for `catalyst_penalty`'s `watch`, for a penalty about to be computed. What
+        an earlier penalty set aside and no parameter hook took (a backward pass that stopped
+        short of the parameters) is dropped."""
+        self._apart.clear()
+        return self._watch
 
     def _set_apart(self, name: str, grad: torch.Tensor) -> None:
         held = self._apart.get(name)
@@ -191,7 +198,7 @@ class CatalystPruner:
 
     def penalty(self) -> torch.Tensor:
         """gamma * ||DW||_{2,1}: add it to the task loss."""
-        watch = self.angular.watch if self.angular is not None else None
+        watch = self.angular.watch() if self.angular is not None else None
         return self.gamma * catalyst_penalty(self.model, watch=watch)
 
     def ratios(self) -> dict[int, np.ndarray]:
