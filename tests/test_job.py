@@ -317,3 +317,17 @@ def test_precise_bn_re_estimates_running_statistics_in_place() -> None:
     torch.testing.assert_close(bn.running_mean, u.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not model.training and bn.momentum == 0.1
     assert torch.equal(torch.get_rng_state(), state)  # training's random numbers untouched
+
+
+def test_the_g_option_reaches_catalyst(tmp_path: Path) -> None:
+    # G with the consumers' input columns is larger, so D = c0 ||G|| and the penalty are too
+    penalty = {}
+    for g in ("group", "full"):
+        cfg = JobConfig(g=g, pretrain_epochs=1, opt1_epochs=1, finetune_epochs=1,
+                        out=str(tmp_path / g))
+        Job(cfg).run()
+        (row,) = [h for h in _report(tmp_path / g)["history"] if h["stage"] == "opt1"]
+        penalty[g] = row["penalty"]
+    assert penalty["full"] > 1.2 * penalty["group"] > 0
+    with pytest.raises(InputError, match="unknown G 'rows': choose one of group, full, bn"):
+        Job(JobConfig(g="rows", out=str(tmp_path / "bad")))

@@ -51,7 +51,7 @@ from fxprune.latency import (
     preferred_step,
 )
 from fxprune.passes.analyze import analyze
-from fxprune.passes.catalyst import strip_catalysts
+from fxprune.passes.catalyst import TARGETS, strip_catalysts
 from fxprune.passes.slim import prune_channels
 from fxprune.pruner import (
     DEFAULT_C,
@@ -227,6 +227,8 @@ class Job:
                  progress: Callable[[str, int, int], Iterator] | None = None) -> None:
         if cfg.method not in METHODS:
             raise InputError(f"unknown method '{cfg.method}': choose one of {', '.join(METHODS)}")
+        if cfg.g not in TARGETS:
+            raise InputError(f"unknown G '{cfg.g}': choose one of {', '.join(TARGETS)}")
         if cfg.target_latency is not None:
             parse_target(cfg.target_latency)  # refuse a bad target before any training
             if cfg.target_macs is not None:
