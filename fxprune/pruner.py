@@ -29,9 +29,11 @@ from torch import nn
 from fxprune.errors import PruneError
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import (
+    Invariant,
     catalyst_penalty,
     catalysts,
     insert_catalysts,
+    rescale_rows,
     scale_invariant,
     strip_catalysts,
 )
@@ -110,15 +112,23 @@ class AngularStep:
     goes to zero on pruned rows.
     """
 
-    def __init__(self, model: nn.Module, rows: Mapping[str, int]) -> None:
+    def __init__(self, model: nn.Module, rows: Sequence[Invariant]) -> None:
         params = dict(model.named_parameters())
-        self.dims = dict(rows)
+        self.rows = list(rows)
+        self.dims = {inv.weight: inv.dim for inv in self.rows}
         self.start = {name: self._norms(params[name], dim).detach().clamp_min(1e-12)
                       for name, dim in self.dims.items()}
         self._apart: dict[str, torch.Tensor] = {}
         self._watch = {name: functools.partial(self._set_apart, name) for name in self.dims}
         self._handles = [params[name].register_hook(functools.partial(self._scale, params[name], name))
                          for name in self.dims]
+
+    def restore(self, gm: nn.Module) -> None:
+        """Give every row of `gm`'s scale-invariant weights the median norm its weight's rows
+        had at the start, undone in the BatchNorm (`rescale_rows`: the function in eval mode
+        does not change). Without it the kept rows leave opt1 at a few thousandths of their
+        trained norm, and fine-tuning's steps on them are that many times too large."""
+        rescale_rows(gm, self.rows, {name: float(n.median()) for name, n in self.start.items()})
 
     @staticmethod
     def _norms(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -186,7 +196,7 @@ class CatalystPruner:
         self.intermediate: torch.fx.GraphModule | None = None
         self.removed: dict[int, list[int]] | None = None
         shrunk = {s.param for _, m in catalysts(self.model) for s in m.sources}
-        rows = {p: d for p, d in scale_invariant(self.model).items() if p in shrunk}
+        rows = [inv for inv in scale_invariant(self.model) if inv.weight in shrunk]
         self.angular = AngularStep(self.model, rows) if angular and rows else None
         if not self.initial_norm:
             why = (" (target='bn' gives one only to groups with a norm's scale or shift of their "
@@ -293,6 +303,8 @@ class CatalystPruner:
         self.removed = self.decisions(round_to=round_to)
         trained = strip_catalysts(self.model)
         slim = prune_channels(trained, self.graph, self.removed, round_to=round_to)
+        if self.angular is not None:
+            self.angular.restore(slim)
         self.intermediate = self._carry_catalysts(slim)
         return self.intermediate
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from helpers import assert_equivalent, group_with
 from models import MODELS, NO_PRUNABLE_GROUP, build
@@ -23,6 +24,8 @@ from fxprune.passes.catalyst import (
     catalyst_penalty,
     catalysts,
     insert_catalysts,
+    rescale_rows,
+    scale_invariant,
     strip_catalysts,
 )
 from fxprune.pruner import CatalystPruner, spearman
@@ -409,6 +412,8 @@ def _conv_bn_net() -> nn.Module:
 def test_only_rows_that_a_per_channel_norm_alone_reads_are_scale_invariant() -> None:
     pruner = CatalystPruner(_conv_bn_net(), torch.randn(2, 3, 8, 8))
     assert pruner.angular.dims == {"0.weight": 0, "6.weight": 0}
+    assert [(r.bias, r.mean, r.scale) for r in pruner.angular.rows] == [
+        ("0.bias", "1.running_mean", "1.weight"), ("6.bias", "7.running_mean", "7.weight")]
     assert CatalystPruner(_conv_bn_net(), torch.randn(2, 3, 8, 8), angular=False).angular is None
 
 
@@ -455,3 +460,45 @@ def test_the_full_target_adds_the_consumers_input_columns_to_g() -> None:
     rows = fc1.weight.detach().square().sum(1) + fc1.bias.detach().square()
     torch.testing.assert_close(norms["group"], (rows + 1e-12).sqrt())
     torch.testing.assert_close(norms["full"], (rows + fc2.weight.detach().square().sum(0) + 1e-12).sqrt())
+
+
+class _FunctionalBN(nn.Module):
+    """A conv, then F.batch_norm on tensors of its own (as timm's norm-act layers do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.weight, self.bias = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        self.register_buffer("running_mean", torch.randn(8))
+        self.register_buffer("running_var", torch.rand(8) + 0.1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(self.conv(x), self.running_mean, self.running_var, self.weight,
+                         self.bias, self.training, 0.1, 1e-3)
+        return self.head(F.relu(y))
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "functional"])
+def test_rescaled_rows_leave_the_function_in_eval_mode_unchanged(functional: bool) -> None:
+    torch.manual_seed(0)
+    model = _FunctionalBN() if functional else _conv_bn_net()
+    x = torch.randn(4, 3, 8, 8)
+    if not functional:  # running statistics of its own, not the defaults
+        model.train()
+        with torch.no_grad():
+            model(x)
+    gm = fxprune.trace(model.eval(), x)
+    rows = scale_invariant(gm)
+    assert [r.weight for r in rows] == (["conv.weight"] if functional else ["0.weight", "6.weight"])
+    with torch.no_grad():
+        for r in rows:  # rows shrunk unevenly, down to the thousandths opt1 leaves them at
+            w = gm.get_parameter(r.weight)
+            w.mul_(torch.logspace(-3, 0, w.shape[0]).view(-1, *[1] * (w.dim() - 1)))
+        before = gm(x)
+    rescale_rows(gm, rows, {r.weight: 2.0 for r in rows})
+    for r in rows:
+        norms = gm.get_parameter(r.weight).detach().flatten(1).norm(dim=1)
+        torch.testing.assert_close(norms, torch.full_like(norms, 2.0))
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), before, rtol=1e-4, atol=1e-5)

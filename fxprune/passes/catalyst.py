@@ -257,32 +257,99 @@ def _penalty_plan(gm: nn.Module, found: list[Catalyst],
     return matrices, vectors, torch.cat(matrix_index + vector_index)
 
 
-def scale_invariant(gm: torch.fx.GraphModule) -> dict[str, int]:
-    """The producer weights whose output only a norm with per-channel statistics reads
-    (BatchNorm, InstanceNorm; a catalyst reading it too), each with its output-channel dim:
-    in training mode the function does not change with the scale of any one of their rows.
-    Modules called more than once, and functional producers, are left out."""
+@dataclass(frozen=True)
+class Invariant:
+    """A producer weight whose output rows only a BatchNorm with running statistics and a scale
+    reads: in training mode the function does not change with the scale of any one row, and in
+    eval mode a row scaled by k is undone exactly by the norm's tensors (`rescale_rows`).
+    Each field is a parameter or buffer name of the graph module."""
+
+    weight: str
+    dim: int  # the weight's output-channel dim
+    bias: str | None  # the producer's bias, scaled with its row
+    mean: str
+    var: str
+    scale: str
+    eps: float
+
+
+def scale_invariant(gm: torch.fx.GraphModule) -> list[Invariant]:
+    """The producer weights whose output only a BatchNorm reads (a catalyst reading it too),
+    where that norm keeps running statistics and has a scale, as a module or as
+    `F.batch_norm` on the model's own tensors. Modules called more than once, functional
+    producers and norms without running statistics (InstanceNorm) are left out."""
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    found = {}
+    found = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1:
             continue
-        entry = ops.lookup(node, modules[node.target])
+        module = modules[node.target]
+        entry = ops.lookup(node, module)
         if entry is None or entry.produces is None or "weight" not in entry.out_params:
             continue
         readers = [u for u in node.users
                    if not (u.op == "call_module" and isinstance(modules.get(u.target), Catalyst))]
         if len(readers) != 1 or readers[0].args[:1] != (node,):
             continue
-        (reader,) = readers
-        norm = ops.lookup(reader, modules.get(reader.target) if reader.op == "call_module" else None)
-        if norm is not None and norm.norm and norm.catalyst_after:
-            found[f"{node.target}.weight"] = entry.out_params["weight"]
+        tensors = _norm_tensors(gm, modules, readers[0])
+        if tensors is not None:
+            bias = f"{node.target}.bias" if getattr(module, "bias", None) is not None else None
+            found.append(Invariant(f"{node.target}.weight", entry.out_params["weight"], bias,
+                                   *tensors))
     return found
+
+
+def _norm_tensors(gm: torch.fx.GraphModule, modules: dict[str, nn.Module],
+                  node: torch.fx.Node) -> tuple[str, str, str, float] | None:
+    """(running mean, running var, scale, eps) of a per-channel norm with running statistics
+    and a scale, by name; None for anything else."""
+    module = modules.get(node.target) if node.op == "call_module" else None
+    entry = ops.lookup(node, module) if node.op in ("call_module", "call_function") else None
+    if entry is None or not (entry.norm and entry.catalyst_after):
+        return None
+    if module is not None:
+        if getattr(module, "running_var", None) is None or getattr(module, "weight", None) is None:
+            return None
+        return (f"{node.target}.running_mean", f"{node.target}.running_var",
+                f"{node.target}.weight", float(module.eps))
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # a builtin without a Python signature
+        return None
+    args = bound.arguments
+    names = [args.get(k) for k in ("running_mean", "running_var", "weight")]
+    if not all(isinstance(n, torch.fx.Node) and n.op == "get_attr" for n in names):
+        return None
+    eps = args.get("eps", 1e-5)
+    return (*(n.target for n in names), float(eps)) if isinstance(eps, float) else None
+
+
+def rescale_rows(gm: nn.Module, rows: Sequence[Invariant], norms: Mapping[str, float]) -> None:
+    """Scale every row of each weight in `rows` to the norm `norms[weight]` (rows of norm zero
+    stay), with its bias, and undo it in its BatchNorm: running mean times k, running var
+    times k^2, and the scale times sqrt(k^2 var + eps) / (k sqrt(var + eps)), so the function
+    in eval mode does not change."""
+    with torch.no_grad():
+        for inv in rows:
+            w = gm.get_parameter(inv.weight)
+            dims = [i for i in range(w.dim()) if i != inv.dim % w.dim()]
+            now = torch.linalg.vector_norm(w.double(), dim=dims)
+            k = torch.where(now > 1e-12 * norms[inv.weight], norms[inv.weight] / now,
+                            torch.ones_like(now))
+            shape = [-1 if i == inv.dim % w.dim() else 1 for i in range(w.dim())]
+            w.mul_(k.view(shape).to(w.dtype))
+            if inv.bias is not None:
+                gm.get_parameter(inv.bias).mul_(k.to(w.dtype))
+            mean, var = gm.get_buffer(inv.mean), gm.get_buffer(inv.var)
+            scale = gm.get_parameter(inv.scale)
+            v = var.double()
+            scale.mul_(((k.square() * v + inv.eps).sqrt() / (k * (v + inv.eps).sqrt())).to(scale.dtype))
+            mean.mul_(k.to(mean.dtype))
+            var.mul_(k.square().to(var.dtype))
 
 
 def group_slices(gm: nn.Module, group: ChannelGroup, target: str) -> list[Slice]:
