@@ -19,13 +19,12 @@ import fxprune
 from fxprune.app.datasets import digits
 from fxprune.app.model_zoo import DigitsNet
 from fxprune.app.training import accuracy, train_epoch
+from fxprune.passes import catalyst as catalyst_pass
 from fxprune.passes.catalyst import (
     _sites,
     catalyst_penalty,
     catalysts,
     insert_catalysts,
-    rescale_rows,
-    scale_invariant,
     strip_catalysts,
 )
 from fxprune.pruner import CatalystPruner, spearman
@@ -489,14 +488,14 @@ def test_rescaled_rows_leave_the_function_in_eval_mode_unchanged(functional: boo
         with torch.no_grad():
             model(x)
     gm = fxprune.trace(model.eval(), x)
-    rows = scale_invariant(gm)
+    rows = catalyst_pass.scale_invariant(gm)
     assert [r.weight for r in rows] == (["conv.weight"] if functional else ["0.weight", "6.weight"])
     with torch.no_grad():
         for r in rows:  # rows shrunk unevenly, down to the thousandths opt1 leaves them at
             w = gm.get_parameter(r.weight)
             w.mul_(torch.logspace(-3, 0, w.shape[0]).view(-1, *[1] * (w.dim() - 1)))
         before = gm(x)
-    rescale_rows(gm, rows, {r.weight: 2.0 for r in rows})
+    catalyst_pass.rescale_rows(gm, rows, {r.weight: 2.0 for r in rows})
     for r in rows:
         norms = gm.get_parameter(r.weight).detach().flatten(1).norm(dim=1)
         torch.testing.assert_close(norms, torch.full_like(norms, 2.0))
