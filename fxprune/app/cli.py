@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", dest="data_dir", help="folder holding the data set")
     p.add_argument("--image-size", dest="image_size", type=int)
     p.add_argument("--method", choices=["catalyst", "l1", "group-lasso", "slimming", "magnitude"])
-    p.add_argument("--c", type=float, help="Catalyst's c0 (the sparsity knob; default 1.1)")
+    p.add_argument("--c", type=float, help="Catalyst's c0 (the sparsity knob; default 1.05)")
     p.add_argument("--g", choices=["group", "full", "bn"],
                    help="Catalyst's G: the layers' slices of each channel (group, the default), "
                         "those and the consumers' input columns (full: decides faster on models "
