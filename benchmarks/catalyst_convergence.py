@@ -26,7 +26,7 @@ averages lag weights that opt1 shrinks by orders of magnitude, so that figure di
 points the model never lost.
 
     python benchmarks/catalyst_convergence.py [--archs digitsnet,vgg,...] [--seeds 0,1,2]
-        [--c 1.1,1.2,1.5] [--remedy default,plain] [--cap 150] [--out benchmarks/results]
+        [--c 1.05,1.1,1.2] [--remedy default,plain] [--cap 150] [--out benchmarks/results]
 
 Finished runs are saved as they end (the summary JSON and one .npy of log10 c per run), so a
 killed study rerun with the same arguments skips them.
@@ -301,7 +301,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--c", default="1.1,1.15,1.2,1.5")
+    parser.add_argument("--c", default="1.05,1.1,1.15,1.2,1.5")
     parser.add_argument("--remedy", default="default,plain",
                         help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--cap", type=int, default=150)
