@@ -12,6 +12,7 @@ search is the loop `bisect`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -65,3 +66,32 @@ def bisect(measure: Callable[[float], float], target: float, lo: float, hi: floa
         x = next_probe(probes, target, lo, hi, rising=rising)
         probes.append(Probe(x, measure(x)))
     return probes
+
+
+def next_interpolated(probes: Sequence[tuple[float, float]], target: float, lo: float, hi: float,
+                      *, at_lo: float) -> float:
+    """The x to measure next for a positive value that falls about exponentially as x grows:
+    where the line through the log values of the probes around the target crosses
+    log(target). `at_lo` is the value at `lo`, known without measuring (Catalyst at c0 = 1
+    keeps everything). With no probe at or under the target yet, the line through the last two
+    points over it is extended, up to halfway to `hi`. Each step stays a tenth of the bracket
+    away from its ends, so a curve far from exponential still narrows it.
+    """
+    points = sorted([(lo, at_lo), *probes])
+    over = [p for p in points if p[1] > target]
+    under = [p for p in points if p[1] <= target]
+    left = over[-1] if over else (lo, at_lo)
+    if under:
+        right = under[0]
+        slope = (math.log(max(right[1], 1e-12)) - math.log(left[1])) / (right[0] - left[0])
+        x = left[0] + (math.log(target) - math.log(left[1])) / slope if slope < 0 else None
+        margin = 0.1 * (right[0] - left[0])
+        return (left[0] + right[0]) / 2 if x is None else min(max(x, left[0] + margin), right[0] - margin)
+    ceiling = (left[0] + hi) / 2
+    if len(over) < 2:
+        return ceiling
+    (x0, v0), (x1, v1) = over[-2], over[-1]
+    slope = (math.log(v1) - math.log(v0)) / (x1 - x0)
+    if slope >= 0:
+        return ceiling
+    return min(x1 + (math.log(target) - math.log(v1)) / slope, ceiling)

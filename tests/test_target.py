@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from fxprune.errors import InputError
-from fxprune.target import Probe, best_index, bisect, bracket, next_probe
+from fxprune.target import Probe, best_index, bisect, bracket, next_interpolated, next_probe
 
 
 def _falling(x: float) -> float:
@@ -65,3 +67,29 @@ def test_the_best_probe_meets_the_target_first_then_is_closest() -> None:
 def test_no_probe_is_an_error() -> None:
     with pytest.raises(InputError, match="at least one probe"):
         best_index([], 0.5)
+
+
+def _kept(c: float) -> float:
+    """What a steep c0 keeps (not quite exponential): all at 1, a third near 1.07."""
+    return math.exp(-40.0 * (c - 1.0) ** 1.3)
+
+
+def test_interpolation_meets_a_steep_target_where_bisection_overshoots() -> None:
+    target = 1 / 3
+    probes = [(1.05, _kept(1.05))]
+    for _ in range(3):
+        x = next_interpolated(probes, target, 1.0, 2.0, at_lo=1.0)
+        probes.append((x, _kept(x)))
+    best = probes[best_index(probes, target)]
+    assert 0.9 * target <= best[1] <= target
+    halved = [(1.05, _kept(1.05))]
+    for _ in range(3):
+        x = next_probe(halved, target, 1.0, 2.0)
+        halved.append((x, _kept(x)))
+    assert halved[best_index(halved, target)][1] < 0.5 * target  # bisection's four: far under
+
+
+def test_interpolation_stays_inside_the_bracket_on_any_curve() -> None:
+    probes = [(1.2, 0.51), (1.6, 0.01)]  # a cliff past 1.2: the log line aims at 1.202
+    assert next_interpolated(probes, 0.5, 1.0, 2.0, at_lo=1.0) == pytest.approx(1.24)
+    assert next_interpolated([(1.3, 0.95)], 0.5, 1.0, 2.0, at_lo=0.9) == 1.65  # rising: halfway
