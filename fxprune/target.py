@@ -1,4 +1,4 @@
-"""Meeting a target by bisection: which x to try next, and which tried x to keep.
+"""Meeting a target by bisection or interpolation: which x to try next, and which tried x to keep.
 
 A *probe* is one measurement ``(x, value)`` of a quantity that moves one way as x grows: the
 MACs kept fall as the share of channels removed grows, or as Catalyst's c0 grows, and rise with
