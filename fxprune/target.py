@@ -78,8 +78,10 @@ def next_interpolated(probes: Sequence[tuple[float, float]], target: float, lo: 
     away from its ends, so a curve far from exponential still narrows it.
     """
     points = sorted([(lo, at_lo), *probes])
-    over = [p for p in points if p[1] > target]
     under = [p for p in points if p[1] <= target]
+    # a noisy measure (latency) can put a probe over the target right of one under it: the
+    # bracket is the nearest over-target point left of the first under-target one
+    over = [p for p in points if p[1] > target and (not under or p[0] < under[0][0])]
     left = over[-1] if over else (lo, at_lo)
     if under:
         right = under[0]

@@ -93,3 +93,10 @@ def test_interpolation_stays_inside_the_bracket_on_any_curve() -> None:
     probes = [(1.2, 0.51), (1.6, 0.01)]  # a cliff past 1.2: the log line aims at 1.202
     assert next_interpolated(probes, 0.5, 1.0, 2.0, at_lo=1.0) == pytest.approx(1.24)
     assert next_interpolated([(1.3, 0.95)], 0.5, 1.0, 2.0, at_lo=0.9) == 1.65  # rising: halfway
+
+
+def test_interpolation_brackets_with_the_nearest_over_target_probe_left_of_the_first_under() -> None:
+    # noise: 1.09 measured under the target, 1.1 over it again
+    probes = [(1.05, 0.7), (1.09, 0.45), (1.1, 0.52)]
+    x = next_interpolated(probes, 0.5, 1.0, 2.0, at_lo=1.0)
+    assert 1.05 < x < 1.09
