@@ -299,7 +299,7 @@ def scale_invariant(gm: torch.fx.GraphModule) -> list[Invariant]:
                    if not (u.op == "call_module" and isinstance(modules.get(u.target), Catalyst))]
         if len(readers) != 1 or readers[0].args[:1] != (node,):
             continue
-        tensors = _norm_tensors(gm, modules, readers[0])
+        tensors = _norm_tensors(modules, readers[0])
         if tensors is not None:
             bias = f"{node.target}.bias" if getattr(module, "bias", None) is not None else None
             found.append(Invariant(f"{node.target}.weight", entry.out_params["weight"], bias,
@@ -307,7 +307,7 @@ def scale_invariant(gm: torch.fx.GraphModule) -> list[Invariant]:
     return found
 
 
-def _norm_tensors(gm: torch.fx.GraphModule, modules: dict[str, nn.Module],
+def _norm_tensors(modules: dict[str, nn.Module],
                   node: torch.fx.Node) -> tuple[str, str, str, float] | None:
     """(running mean, running var, scale, eps) of a per-channel norm with running statistics
     and a scale, by name; None for anything else."""
@@ -320,11 +320,7 @@ def _norm_tensors(gm: torch.fx.GraphModule, modules: dict[str, nn.Module],
             return None
         return (f"{node.target}.running_mean", f"{node.target}.running_var",
                 f"{node.target}.weight", float(module.eps))
-    try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    except (TypeError, ValueError):  # a builtin without a Python signature
-        return None
-    args = bound.arguments
+    args = _arguments(node)
     names = [args.get(k) for k in ("running_mean", "running_var", "weight")]
     if not all(isinstance(n, torch.fx.Node) and n.op == "get_attr" for n in names):
         return None
@@ -397,14 +393,19 @@ def _norm_argument(gm: torch.fx.GraphModule, nodes: dict[str, torch.fx.Node],
         entry = ops.lookup(user, None) if user.op == "call_function" else None
         if entry is None or not entry.norm:
             continue
-        try:
-            bound = inspect.signature(user.target).bind(*user.args, **user.kwargs)
-        except (TypeError, ValueError):  # a builtin without a Python signature
-            continue
-        for name, value in bound.arguments.items():
+        for name, value in _arguments(user).items():
             if value is node:
                 return name
     return None
+
+
+def _arguments(node: torch.fx.Node) -> Mapping[str, object]:
+    """A function call's arguments by parameter name; empty for a builtin without a Python
+    signature."""
+    try:
+        return inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments
+    except (TypeError, ValueError):
+        return {}
 
 
 def _sites(gm: torch.fx.GraphModule, group: ChannelGroup) -> list[tuple[torch.fx.Node, object]]:
