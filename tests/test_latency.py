@@ -166,6 +166,26 @@ def test_the_table_is_cached_and_a_killed_build_resumes(digits, tmp_path: Path) 
     assert again == _table(digits)
 
 
+def test_a_channel_spanning_several_indices_moves_in_smaller_steps() -> None:
+    """A ViT's hidden size is a group of head-dim channels, each spanning one index per head
+    (and three per head in the q/k/v projection): 2 of them make 8 indices of every tensor."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    gm = fxprune.trace(VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=4,
+                                         hidden_dim=64, mlp_dim=128).eval(), x)
+    graph = fxprune.analyze(gm)
+    table = latency_table(gm, x, graph=graph, timer=params_timer, cache=False, step=STEP)
+    hidden, mlp = sorted(graph.prunable, key=lambda g: g.channels)
+    assert (hidden.channels, mlp.channels) == (16, 128)
+    assert table.widths(hidden.id) == list(range(2, 17, 2))
+    assert table.widths(mlp.id) == list(range(8, 129, 8))
+    for member in hidden.members:  # every tensor the hidden size spans stays a multiple of 8
+        span = len(member.positions) // hidden.channels
+        assert all(w * span % STEP == 0 for w in table.widths(hidden.id)), member
+
+
 @pytest.mark.parametrize(("capability", "device", "step"),
                          [("AVX512", "cpu", 16), ("AVX2", "cpu", 8), ("AVX512", "cuda", 8)])
 def test_the_step_follows_the_fast_kernels_block(capability: str, device: str, step: int,
