@@ -47,6 +47,17 @@ class Scorer:
         return {gid: channel_sums(model, slices, channels, power=1)
                 for gid, (slices, channels) in self.slices.items()}
 
+    def values(self, model: nn.Module) -> dict[int, np.ndarray]:
+        """What removing each channel loses, additive over channels and over the parameters a
+        channel holds, as a knapsack's values must be (`fxprune.latency.plan_latency`): the
+        squared norm for the norm methods, the sums as they are. Ranks channels as `scores`
+        does. A norm is not additive: ViT-B/16's hidden channel spans 12 blocks, so its norm
+        weighs sqrt(12) blocks' worth, and a plan by norm per millisecond cut the hidden size
+        first, keeping fewer parameters than the MACs ranking at the same latency."""
+        with torch.no_grad():
+            return {g: s.detach().cpu().double().numpy() ** _POWER[self.method]
+                    for g, s in self.scores(model).items()}
+
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The method's regulariser: the sum of all scores (zero for one-shot methods)."""
         if self.method in ("l1", "magnitude"):

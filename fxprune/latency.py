@@ -333,7 +333,8 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     narrowing the group whose next width costs the least score per millisecond it saves
     (any narrower width, not only the next one: a few low scores may hide behind a high
     one), channels removed in ascending score order. Stops where no width saves more (the
-    target may then be out of reach).
+    target may then be out of reach). `scores` must add up, over channels and over the
+    parameters a channel holds: `Scorer.values` (squared norms), not norms.
 
     A step coarser than what is left to save (a 64-channel group in steps of 16 saves a
     quarter of its latency at once: ViT-B/16's hidden size) would land far below the target:

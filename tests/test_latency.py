@@ -67,7 +67,7 @@ def test_the_table_predicts_held_out_plans_of_a_cost_of_layers(digits) -> None:
 def test_plans_keep_widths_the_table_shows_fast_and_meet_the_measured_target(digits) -> None:
     gm, graph, x = digits
     table = _table(digits)
-    scores = {g: s.detach().numpy() for g, s in Scorer(gm, graph, "magnitude").scores(gm).items()}
+    scores = Scorer(gm, graph, "magnitude").values(gm)
     target = 0.5 * table.full_ms
 
     def measure(removed: dict[int, list[int]]) -> float:
@@ -91,7 +91,7 @@ def test_a_table_off_by_a_factor_is_met_within_three_timed_plans(digits) -> None
     it, as plans move in blocks of channels), where halving the bracket took six."""
     gm, graph, _ = digits
     table = _table(digits)
-    scores = {g: s.detach().numpy() for g, s in Scorer(gm, graph, "magnitude").scores(gm).items()}
+    scores = Scorer(gm, graph, "magnitude").values(gm)
     target = 0.5 * table.full_ms
 
     def measure(removed: dict[int, list[int]]) -> float:
@@ -108,7 +108,7 @@ def test_a_noisy_timing_does_not_send_the_search_to_half_the_target(digits) -> N
     that still reaches down to zero."""
     gm, graph, _ = digits
     table = _table(digits)
-    scores = {g: s.detach().numpy() for g, s in Scorer(gm, graph, "magnitude").scores(gm).items()}
+    scores = Scorer(gm, graph, "magnitude").values(gm)
     target = 0.5 * table.full_ms
     noise = iter([1.10, 1.13, 1.30])  # the third plan, narrower, measures slower than the second
 
@@ -308,3 +308,17 @@ def test_a_coarse_last_step_gives_way_to_finer_groups_that_land_on_the_target(di
     fine = plan_latency(table, scores, target, graph)
     assert coarse not in fine
     assert 0.95 * target <= predicted(fine) <= target
+
+
+@pytest.mark.parametrize(("method", "power"), [("magnitude", 2), ("group-lasso", 2), ("l1", 1),
+                                              ("slimming", 1)])
+def test_a_plans_values_add_up_where_a_norm_would_not(digits, method: str, power: int) -> None:
+    """A knapsack's values must add: the squared norm over a channel's parameters, not the
+    norm (which weighs a channel spanning k layers sqrt(k) layers' worth); sums stay sums."""
+    gm, graph, _ = digits
+    scorer = Scorer(gm, graph, method)
+    values = scorer.values(gm)
+    with torch.no_grad():
+        for g, s in scorer.scores(gm).items():
+            np.testing.assert_allclose(values[g], s.double().numpy() ** power, rtol=1e-6)
+            assert list(np.argsort(values[g], kind="stable")) == list(np.argsort(s.numpy(), kind="stable"))

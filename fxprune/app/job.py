@@ -692,9 +692,7 @@ class Job:
         until its measured onnxruntime latency meets --target-latency."""
         cpu = copy.deepcopy(model).cpu()
         timer, table, target_ms = self._latency_setup(cpu, graph)
-        with torch.no_grad():
-            scores = {g: s.cpu().numpy() for g, s in scorer.scores(cpu).items()}
-        met = meet_latency(table, scores, target_ms, graph, lambda removed: timer(
+        met = meet_latency(table, scorer.values(cpu), target_ms, graph, lambda removed: timer(
             prune_channels(cpu, graph, removed), (self.example.cpu(),)).ms)
         self._report_latency(table, target_ms, met.measured_ms, met.predicted_ms, met.probes)
         return met.removed
