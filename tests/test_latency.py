@@ -3,6 +3,7 @@ onnxruntime timings are in benchmarks/latency_target.py only."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,50 @@ def test_a_plans_values_add_up_where_a_norm_would_not(digits, method: str, power
         for g, s in scorer.scores(gm).items():
             np.testing.assert_allclose(values[g], s.double().numpy() ** power, rtol=1e-6)
             assert list(np.argsort(values[g], kind="stable")) == list(np.argsort(s.numpy(), kind="stable"))
+
+
+def test_a_searchs_timings_are_remembered_so_a_killed_search_resumes(digits, tmp_path: Path) -> None:
+    gm, graph, _ = digits
+    table = _table(digits)
+    calls = []
+
+    def measure(removed: dict[int, list[int]]) -> float:
+        calls.append(removed)
+        return 1.0 + len(calls)
+
+    plans = [{}, {graph.prunable[0].id: [0, 1]}, {graph.prunable[0].id: [1, 0]}]
+    first = fxprune.latency.remembered(measure, table, cache=tmp_path)
+    assert [first(p) for p in plans] == [2.0, 3.0, 3.0]  # the same removal in another order
+    again = fxprune.latency.remembered(measure, table, cache=tmp_path)  # a resumed run
+    assert [again(p) for p in plans] == [2.0, 3.0, 3.0] and len(calls) == 2
+    other = fxprune.latency.remembered(measure, _table(digits, seed=1), cache=tmp_path)
+    assert other(plans[0]) == 4.0  # another table (here: other plans) times afresh
+
+
+def test_a_model_of_few_width_combinations_gets_the_cheapest_one_under_the_target() -> None:
+    """DigitsNet(width=16) at steps of 8: 2 x 2 x 4 x 4 combinations, all tried. The plan is
+    the one of least removed score predicted under the target, where the greedy's nested
+    plans can only stop at the cliffs between them."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8)
+    gm = fxprune.trace(DigitsNet(width=16).eval(), x)
+    graph = fxprune.analyze(gm)
+    table = latency_table(gm, x, graph=graph, timer=params_timer, cache=False, step=STEP)
+    scores = {g: np.random.default_rng(g).random(graph[g].channels) for g in table.curves}
+    spans = [table.widths(g) for g in table.curves]
+    assert np.prod([len(s) for s in spans]) == 64
+    closer = 0
+    for fraction in np.linspace(0.35, 0.95, 13):
+        target = fraction * table.full_ms
+        removed = plan_latency(table, scores, target, graph)
+        widths = _widths(graph, removed)
+        assert table.predict(widths) <= target
+        lost = sum(scores[g][c].sum() for g, c in removed.items())
+        # the oracle: every combination, the least score lost (each group's lowest first)
+        best = min(sum(np.sort(scores[g])[:graph[g].channels - w].sum() for g, w in zip(table.curves, combo))
+                   for combo in itertools.product(*spans)
+                   if table.predict(dict(zip(table.curves, combo))) <= target)
+        assert lost == pytest.approx(best)
+        greedy = plan_latency(table, scores, target, graph, exact=0)
+        closer += table.predict(widths) > table.predict(_widths(graph, greedy)) + 1e-9
+    assert closer > 0  # somewhere the combination lands nearer the target than the greedy

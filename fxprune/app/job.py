@@ -49,6 +49,7 @@ from fxprune.latency import (
     meet_latency,
     parse_target,
     preferred_step,
+    remembered,
 )
 from fxprune.passes.analyze import analyze
 from fxprune.passes.catalyst import TARGETS, strip_catalysts
@@ -692,8 +693,10 @@ class Job:
         until its measured onnxruntime latency meets --target-latency."""
         cpu = copy.deepcopy(model).cpu()
         timer, table, target_ms = self._latency_setup(cpu, graph)
-        met = meet_latency(table, scorer.values(cpu), target_ms, graph, lambda removed: timer(
-            prune_channels(cpu, graph, removed), (self.example.cpu(),)).ms)
+        measure = remembered(lambda removed: timer(prune_channels(cpu, graph, removed),
+                                                   (self.example.cpu(),)).ms,
+                             table, cache=self.out / "latency")  # a resumed job times none again
+        met = meet_latency(table, scorer.values(cpu), target_ms, graph, measure)
         self._report_latency(table, target_ms, met.measured_ms, met.predicted_ms, met.probes)
         return met.removed
 
