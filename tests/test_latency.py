@@ -103,6 +103,22 @@ def test_a_table_off_by_a_factor_is_met_within_three_timed_plans(digits) -> None
     assert len(met.probes) <= 3 and met.probes[0][1] > target
 
 
+def test_a_table_that_over_promises_more_the_deeper_the_cut_is_met_by_secant_steps(digits) -> None:
+    """Where a plan saves a third of what the table promises (MobileNet-v2 at batch 32 saved
+    less the deeper the cut), dividing the aim by the last plan's factor creeps toward the
+    target; the secant through the two nearest probes meets it within six plans."""
+    gm, graph, _ = digits
+    table = _table(digits)
+    scores = Scorer(gm, graph, "magnitude").values(gm)
+    target = 0.75 * table.full_ms
+
+    def measure(removed: dict[int, list[int]]) -> float:
+        return table.full_ms - (table.full_ms - table.predict(_widths(graph, removed))) / 3
+
+    met = meet_latency(table, scores, target, graph, measure, tolerance=0.03)
+    assert 0.97 * target <= met.measured_ms <= target, met.probes
+
+
 def test_a_noisy_timing_does_not_send_the_search_to_half_the_target(digits) -> None:
     """Timing noise can make a narrower plan measure slower than a wider one (MobileNet-v2 at
     batch 32). The next probe then scales the bracket's own bound, rather than halving a bracket
