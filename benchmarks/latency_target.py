@@ -19,7 +19,7 @@ Rows are written to the JSON file as they finish: a rerun skips the rows it hold
 killed run resumes; ``--saved`` prints the tables without timing anything.
 
     python benchmarks/latency_target.py [--models mobilenet_v2,resnet50,vit_b_16,digits]
-        [--batches 1,32] [--targets 0.5,0.7] [--repeats 10] [--saved] [--timer-check]
+        [--batches 1,32] [--targets 0.5,0.7] [--repeats 10] [--saved] [--kinds] [--timer-check]
 
 On two CPU cores a table takes 3-10 minutes at batch 1 and for MobileNet-v2 at batch 32; one
 timed ResNet-50 plan at batch 32 takes about a minute, so its 91-plan table takes 90 minutes.
@@ -43,7 +43,13 @@ from fxprune import atomic
 from fxprune.app.datasets import digits
 from fxprune.app.training import accuracy, train_epoch
 from fxprune.baselines import Scorer
-from fxprune.latency import OnnxRuntimeTimer, latency_table, meet_latency, remembered
+from fxprune.latency import (
+    OnnxRuntimeTimer,
+    latency_table,
+    meet_latency,
+    remembered,
+    removal_at,
+)
 from fxprune.target import next_probe
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -175,6 +181,30 @@ def summary(rows: list[dict]) -> None:
     print("table's held-out error: " + ", ".join(f"{k} {v:.1%}" for k, v in errors.items()))
 
 
+def kinds(name: str, batch: int, loaders: dict) -> None:
+    """The model's latency table, and per kind of group what a quarter of its channels
+    (in every group of the kind) holds: parameters, and the milliseconds the table says it
+    saves. Where every kind saves the same milliseconds per parameter, no plan keeps more
+    parameters than another at equal latency."""
+    model, x = model_and_input(name, loaders)
+    gm = fxprune.trace(model, x)
+    graph = fxprune.analyze(gm)
+    table = latency_table(gm, x, graph=graph, batch=batch)
+    print(table.to_markdown())
+    full = fxprune.cost(gm, x).params
+    print("\n| groups | a quarter of their channels: M params | ms saved (table) | ms per M params |")
+    print("|---|---:|---:|---:|")
+    by_kind: dict[int, list[int]] = {}
+    for g, curve in table.curves.items():
+        by_kind.setdefault(curve.kind, []).append(g)
+    for groups in by_kind.values():
+        widths = {g: table.curves[g].channels - table.curves[g].channels // 4 for g in groups}
+        slim = fxprune.prune_channels(gm, graph, removal_at(graph, widths))
+        params = (full - fxprune.cost(slim, x).params) / 1e6
+        saved = table.full_ms - table.predict(widths)
+        print(f"| {', '.join(map(str, groups))} | {params:.3g} | {saved:.3g} | {saved / params:.3g} |")
+
+
 def timer_check(loaders: dict) -> None:
     """How much paired timing of a 0.09 ms model spreads with the timer's fixed ten pairs
     (``min_ms=0``) and with its default of at least 50 ms of runs: DigitsNet at batch 1 timed
@@ -204,6 +234,9 @@ def main() -> int:
     parser.add_argument("--finetune", type=int, default=5, help="epochs, digits only")
     parser.add_argument("--json", default="benchmarks/results/latency_target.json")
     parser.add_argument("--saved", action="store_true", help="print the saved rows, time nothing")
+    parser.add_argument("--kinds", action="store_true",
+                        help="only print each model's table, and ms saved per parameter per kind "
+                             "of group (times the models the cache lacks)")
     parser.add_argument("--timer-check", action="store_true",
                         help="only show how the paired timer spreads on a 0.09 ms model")
     args = parser.parse_args()
@@ -221,6 +254,12 @@ def main() -> int:
                "test": DataLoader(test, batch_size=512)}
     if args.timer_check:
         timer_check(loaders)
+        return 0
+    if args.kinds:
+        for name in args.models.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                print(f"\n{name} at batch {batch}")
+                kinds(name, batch, loaders)
         return 0
     targets = [float(t) for t in args.targets.split(",")]
     rows = []

@@ -279,7 +279,7 @@ def latency_table(
         if timing is None:
             if timer is None:  # made at the first plan the cache lacks: it times the model
                 timer = OnnxRuntimeTimer(gm, inputs, batch=batch, device=device, repeats=repeats)
-            slim = prune_channels(gm, graph, _removal(graph, widths))
+            slim = prune_channels(gm, graph, removal_at(graph, widths))
             timing = timer(slim, inputs)
             store.put(name, timing)
         done += 1
@@ -576,7 +576,7 @@ def _channel_step(group: ChannelGroup, step: int) -> int:
     return math.lcm(*(step // math.gcd(step, k) for k in spans if k > 0))
 
 
-def _removal(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
+def removal_at(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
     """A removal leaving each group at its width: the highest channels go first, sparing those
     `piece_keepers` holds."""
     out = {}
