@@ -529,6 +529,20 @@ def remembered(measure: Callable[[dict[int, list[int]]], float], table: LatencyT
     return measure_once
 
 
+def removal_at(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
+    """A removal leaving each group at its width (`widths`, as a table's plans give them): the
+    highest channels go first, sparing those `piece_keepers` holds."""
+    out = {}
+    for g, w in widths.items():
+        group = graph[g]
+        if w >= group.channels:
+            continue
+        keep = piece_keepers(group)
+        free = [c for c in range(group.channels - 1, -1, -1) if c not in keep]
+        out[g] = sorted(free[:group.channels - w])
+    return out
+
+
 def latency_c(table: LatencyTable, c0: float, *, spread: float = 4.0) -> dict[int, float]:
     """Catalyst's c0 per group for a latency target: ``c0 - 1`` scaled by the milliseconds a
     channel of the group saves on its own against the average channel's (clipped to
@@ -574,20 +588,6 @@ def _channel_step(group: ChannelGroup, step: int) -> int:
     16 channels (a quarter of the group, 48 ms of its 190 at batch 1) made the plans overshoot."""
     spans = {len(m.positions) // group.channels for m in group.members}
     return math.lcm(*(step // math.gcd(step, k) for k in spans if k > 0))
-
-
-def removal_at(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, list[int]]:
-    """A removal leaving each group at its width: the highest channels go first, sparing those
-    `piece_keepers` holds."""
-    out = {}
-    for g, w in widths.items():
-        group = graph[g]
-        if w >= group.channels:
-            continue
-        keep = piece_keepers(group)
-        free = [c for c in range(group.channels - 1, -1, -1) if c not in keep]
-        out[g] = sorted(free[:group.channels - w])
-    return out
 
 
 def _kinds(gm: torch.fx.GraphModule, graph: ChannelGraph) -> dict[int, int]:
