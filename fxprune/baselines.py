@@ -52,8 +52,8 @@ class Scorer:
         channel holds, as a knapsack's values must be (`fxprune.latency.plan_latency`): the
         squared norm for the norm methods, the sums as they are. Ranks channels as `scores`
         does. A norm is not additive: ViT-B/16's hidden channel spans 12 blocks, so its norm
-        weighs sqrt(12) blocks' worth, and a plan by norm per millisecond cut the hidden size
-        first, keeping fewer parameters than the MACs ranking at the same latency."""
+        weighs sqrt(12) blocks' worth, and by norm per millisecond a plan favours removing the
+        channels that hold the most parameters."""
         with torch.no_grad():
             return {g: s.detach().cpu().double().numpy() ** _POWER[self.method]
                     for g, s in self.scores(model).items()}

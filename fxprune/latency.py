@@ -342,8 +342,8 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     target may then be out of reach). `scores` must add up, over channels and over the
     parameters a channel holds: `Scorer.values` (squared norms), not norms.
 
-    A step coarser than what is left to save (a 64-channel group in steps of 16 saves a
-    quarter of its latency at once: ViT-B/16's hidden size) would land far below the target:
+    A step coarser than what is left to save (a narrow group in blocks of 16 channels saves a
+    large share at once) would land far below the target:
     where a step takes the prediction under ``(1 - slack) * target_ms``, the plan finishes
     with the other groups instead if they land within that band, and takes the step
     otherwise.
@@ -461,8 +461,9 @@ def meet_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     Each probe aims at the middle of that band. The first trusts the table; the second divides
     the aim by how far the table's prediction of the first was off (a factor near one: ViT-B/16's
     first plan measured 7% under); the next follow the secant of measured against predicted
-    through the two probes nearest the aim, where those stay inside the bracket the probes give. Where timing noise puts it past the bracket (a narrower plan measured slower),
-    the bracket's bound is scaled by its own miss; only where that fails too is it bisected."""
+    through the two probes nearest the aim, where those stay inside the bracket the probes
+    give. Where timing noise puts it past the bracket (a narrower plan measured slower), the
+    bracket's bound is scaled by its own miss; only where that fails too is it bisected."""
     probes: list[tuple[float, float]] = []
     plans = []
     hi = table.full_ms
@@ -513,7 +514,8 @@ def remembered(measure: Callable[[dict[int, list[int]]], float], table: LatencyT
                cache: str | os.PathLike[str] | bool = True) -> Callable[[dict[int, list[int]]], float]:
     """`measure` (a removal's milliseconds) with each timing kept in a file beside the table's
     (`cache` as for `latency_table`), keyed by the table and the removal: a search killed
-    part-way (ResNet-50 at batch 32 times a plan a minute) resumes without timing again."""
+    part-way (ResNet-50 at batch 32 takes half a minute a plan) resumes without timing again,
+    and a plan the search reaches twice keeps its first timing, not the luckier one."""
     key = f"{table.key}-plans"
     store = _Store(_cache_file(cache, key), key)
 
@@ -585,7 +587,8 @@ def _channel_step(group: ChannelGroup, step: int) -> int:
     """The fewest channels of `group` whose removal keeps every tensor it spans a multiple of
     `step` long. A channel spans one index of a conv's output, and twelve of ViT-B/16's hidden
     size (a head dimension, in each of its 12 heads): there, 4 channels make 48 indices, where
-    16 channels (a quarter of the group, 48 ms of its 190 at batch 1) made the plans overshoot."""
+    16 (a quarter of the group, and of the model's latency) made steps too coarse to land on
+    a target."""
     spans = {len(m.positions) // group.channels for m in group.members}
     return math.lcm(*(step // math.gcd(step, k) for k in spans if k > 0))
 
