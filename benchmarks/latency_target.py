@@ -22,7 +22,7 @@ killed run resumes; ``--saved`` prints the tables without timing anything.
         [--batches 1,32] [--targets 0.5,0.7] [--repeats 10] [--saved] [--kinds] [--timer-check]
 
 On two CPU cores a table takes 3-7 minutes at batch 1 and for MobileNet-v2 at batch 32;
-ResNet-50's 91-plan table at batch 32 took 35 minutes (23 s a plan), and its four rows 6 more.
+ResNet-50's 91-plan table at batch 32 took 35 minutes (23 s a plan), and its four rows 5 more.
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ def plan_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
     score predicted at most `target_ms`, every combination tried: the greedy's plans are
     nested, and a few coarse groups leave cliffs between them (DigitsNet at batch 32, four
     groups of 2 to 4 widths: nested plans measured 0.62 and 0.84 of the original, nothing
-    between; 8 of its 64 combinations are predicted between)."""
+    between, where the table predicts combinations all through that range)."""
     groups = [g for g in scores if g in table.curves]
     order, prefix, options = {}, {}, {}
     for g in groups:
