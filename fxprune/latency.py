@@ -185,12 +185,16 @@ class LatencyTable:
     pairs: tuple[Pair, ...]
     checks: tuple[Check, ...]
     timed: int  # models timed to build the table
+    # the plans' kept widths also a multiple of it (`--round-to`); not timed, so set it with
+    # `dataclasses.replace` on a built table
+    round_to: int = 1
 
     def widths(self, group: int) -> list[int]:
         """The widths a plan may give `group`: multiples of its curve's step (every width for
-        a group of at most that many channels) from its least, and its full width."""
+        a group of at most that many channels) and of `round_to`, from its least, and its full
+        width."""
         curve = self.curves[group]
-        step = curve.step if curve.channels > curve.step else 1
+        step = math.lcm(curve.step if curve.channels > curve.step else 1, self.round_to)
         start = max(step, -(-curve.least // step) * step)
         return [*range(start, curve.channels, step), curve.channels]
 
@@ -480,8 +484,7 @@ def meet_latency(table: LatencyTable, scores: Mapping[int, np.ndarray], target_m
         if target_ms * (1 - tolerance) <= measured <= target_ms:
             break
     i = best_index(probes, target_ms)
-    widths = {g: graph[g].channels - len(c) for g, c in plans[i].items()}
-    return Met(plans[i], probes[i][1], table.predict(widths), tuple(probes))
+    return Met(plans[i], probes[i][1], predictions[i], tuple(probes))
 
 
 def _next_table_target(probes: Sequence[tuple[float, float]], predictions: Sequence[float],

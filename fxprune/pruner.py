@@ -261,11 +261,14 @@ class CatalystPruner:
 
     # --- pruning ----------------------------------------------------------------------------
 
-    def decisions(self, *, round_to: int = 1) -> dict[int, list[int]]:
+    def decisions(self, *, round_to: int = 1,
+                  widths: Mapping[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
         """Channels with c > 1, per group; a group never loses every channel, nor a piece of
         it (a concatenated piece, a slice) its lowest-c channel (`piece_keepers`), and where
         `round_to` > 1 the channels with the lowest c among the pruned are kept until the kept
-        count is a multiple of it."""
+        count is a multiple of it. `widths` (group -> the kept widths it may take, ascending:
+        a latency table's `LatencyTable.widths`) rounds a group it names up to the nearest of
+        them instead."""
         remove = {}
         for gid, c in self.ratios().items():
             pieces = sorted(piece_keepers(self.graph[gid], -c))
@@ -276,14 +279,19 @@ class CatalystPruner:
                               f"{keep} (the lowest c, {c[keep]:.3g})", stacklevel=3)
                 gone = gone[gone != keep]
             kept = len(c) - len(gone)
-            rounded = round_kept(kept, len(c), round_to)
+            if widths is not None and gid in widths:
+                rounded = next((w for w in widths[gid] if w >= kept), len(c))
+            else:
+                rounded = round_kept(kept, len(c), round_to)
             gone = gone[np.argsort(c[gone])][rounded - kept:]  # give back the lowest c first
             if len(gone):
                 remove[gid] = sorted(gone.tolist())
         return remove
 
-    def prune(self, *, force: bool = False, round_to: int = 1) -> torch.fx.GraphModule:
-        """Remove every channel with c > 1; returns the intermediate model (D still present).
+    def prune(self, *, force: bool = False, round_to: int = 1,
+              widths: Mapping[int, Sequence[int]] | None = None) -> torch.fx.GraphModule:
+        """Remove every channel with c > 1 (rounded as `decisions` rounds); returns the
+        intermediate model (D still present).
 
         Refuses an unconverged model (its pruned channels are not yet ~0, so the step is not
         lossless) unless ``force=True``.
@@ -295,7 +303,7 @@ class CatalystPruner:
                 f"margin {d.margin_decades:.2f} decades): pruning now is not lossless. Train "
                 "longer, or pass force=True to prune anyway."
             )
-        self.removed = self.decisions(round_to=round_to)
+        self.removed = self.decisions(round_to=round_to, widths=widths)
         trained = strip_catalysts(self.model)
         slim = prune_channels(trained, self.graph, self.removed, round_to=round_to)
         if self.angular is not None:

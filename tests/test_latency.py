@@ -183,16 +183,21 @@ def test_the_table_is_cached_and_a_killed_build_resumes(digits, tmp_path: Path) 
     assert again == _table(digits)
 
 
-def test_a_channel_spanning_several_indices_moves_in_smaller_steps() -> None:
-    """A ViT's hidden size is a group of head-dim channels, each spanning one index per head
-    (and three per head in the q/k/v projection): 2 of them make 8 indices of every tensor."""
+@pytest.fixture(scope="module")
+def tiny_vit() -> tuple[torch.fx.GraphModule, fxprune.ChannelGraph, torch.Tensor]:
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
     gm = fxprune.trace(VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=4,
                                          hidden_dim=64, mlp_dim=128).eval(), x)
-    graph = fxprune.analyze(gm)
+    return gm, fxprune.analyze(gm), x
+
+
+def test_a_channel_spanning_several_indices_moves_in_smaller_steps(tiny_vit) -> None:
+    """A ViT's hidden size is a group of head-dim channels, each spanning one index per head
+    (and three per head in the q/k/v projection): 2 of them make 8 indices of every tensor."""
+    gm, graph, x = tiny_vit
     table = latency_table(gm, x, graph=graph, timer=params_timer, cache=False, step=STEP)
     hidden, mlp = sorted(graph.prunable, key=lambda g: g.channels)
     assert (hidden.channels, mlp.channels) == (16, 128)
@@ -201,6 +206,38 @@ def test_a_channel_spanning_several_indices_moves_in_smaller_steps() -> None:
     for member in hidden.members:  # every tensor the hidden size spans stays a multiple of 8
         span = len(member.positions) // hidden.channels
         assert all(w * span % STEP == 0 for w in table.widths(hidden.id)), member
+
+
+def test_catalyst_keeps_the_widths_the_table_offers_each_group(tiny_vit) -> None:
+    """Catalyst's decisions round each group up to its table's widths: the ViT's hidden size
+    to a multiple of 2 channels (8 indices), where a flat multiple of 16 (the job's rounding
+    before: the step of a CPU with AVX-512) kept all 16."""
+    gm, graph, x = tiny_vit
+    table = latency_table(gm, x, graph=graph, timer=params_timer, cache=False, step=STEP)
+    hidden, mlp = sorted(graph.prunable, key=lambda g: g.channels)
+    pruner = fxprune.CatalystPruner(gm, x)
+    c = {g: np.full(graph[g].channels, 0.5) for g in (hidden.id, mlp.id)}
+    c[hidden.id][:11] = np.linspace(1.5, 2.5, 11)  # 5 kept: 6 is the table's next width
+    c[mlp.id][:101] = 2.0  # 27 kept: 32
+    pruner.ratios = lambda: c
+    widths = {g: table.widths(g) for g in table.curves}
+    kept = {g: graph[g].channels - len(v) for g, v in pruner.decisions(widths=widths).items()}
+    assert kept == {hidden.id: 6, mlp.id: 32}
+    flat = pruner.decisions(round_to=16)
+    assert hidden.id not in flat and len(flat[mlp.id]) == 128 - 32
+    # the channel given back is the pruned one with the lowest c
+    assert pruner.decisions(widths=widths)[hidden.id] == list(range(1, 11))
+
+
+def test_the_job_keeps_round_to_under_a_latency_target(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fxprune.app.job.OnnxRuntimeTimer", lambda *a, **kw: params_timer)
+    monkeypatch.setattr("fxprune.latency.preferred_step", lambda device: STEP)
+    cfg = JobConfig(method="magnitude", target_latency="0.6", round_to=3, pretrain_epochs=1,
+                    finetune_epochs=0, out=str(tmp_path))
+    report = Job(cfg).run()
+    changed = [after for before, after in report["channels"].values() if after != before]
+    assert changed and all(after % 24 == 0 for after in changed)  # lcm(3, STEP)
 
 
 @pytest.mark.parametrize(("capability", "device", "step"),
@@ -250,7 +287,6 @@ def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fxprune.app.job.OnnxRuntimeTimer", lambda *a, **kw: params_timer)
     monkeypatch.setattr("fxprune.latency.preferred_step", lambda device: STEP)
-    monkeypatch.setattr("fxprune.app.job.preferred_step", lambda device: STEP)
     cfg = JobConfig(target_latency="0.5", pretrain_epochs=2, opt1_epochs=4, finetune_epochs=0,
                     out=str(tmp_path))
     report = Job(cfg).run()
@@ -265,7 +301,7 @@ def test_catalyst_meets_a_latency_target_by_choosing_c(tmp_path: Path,
     slim = fxprune.load(tmp_path / "model.pt2")
     assert params_timer(slim, ()).ms == pytest.approx(latency["after_ms"])
     assert latency["after_ms"] < latency["before_ms"]
-    # Catalyst's kept widths snap to the fast kernels' block, as the baselines' do
+    # Catalyst's kept widths are the table's, as the baselines' are
     assert all(after % STEP == 0 or after == before for before, after in report["channels"].values())
 
 

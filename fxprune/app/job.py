@@ -48,7 +48,6 @@ from fxprune.latency import (
     latency_table,
     meet_latency,
     parse_target,
-    preferred_step,
     remembered,
 )
 from fxprune.passes.analyze import analyze
@@ -259,11 +258,6 @@ class Job:
                                        generator=self.generator)
         self.test_loader = DataLoader(self.data.test, batch_size=256)
         self.opt1_epochs = opt1_budget(cfg, len(self.train_loader))
-        # Catalyst's kept widths for a latency target: multiples of the fast kernels' block,
-        # as the baselines' plans are (DigitsNet's odd widths ran 1.2-1.5x slower than the
-        # unpruned model at batch 32)
-        self.round_to = (math.lcm(cfg.round_to, preferred_step("cpu"))
-                         if cfg.target_latency is not None else cfg.round_to)
         if resume:
             self._extend_opt1()
         # in order, and with its own generator (a loader draws a seed per pass): re-estimating
@@ -533,12 +527,15 @@ class Job:
         if cfg.target_latency is not None:
             timer, table, target_ms = self._latency_setup(copy.deepcopy(gm).cpu(), graph)
             target, quantity = target_ms / table.full_ms, "latency"
+            # kept widths the table shows fast, per group, as the baselines' plans keep
+            # (DigitsNet's odd widths ran 1.2-1.5x slower than the unpruned model at batch 32)
+            widths = {g: table.widths(g) for g in table.curves}
 
             def kept(slim: torch.fx.GraphModule) -> float:
                 return timer(copy.deepcopy(slim).cpu(), (self.example.cpu(),)).ms / table.full_ms
         else:
             full = cost(gm, self.example).macs
-            target, quantity = cfg.target_macs, "macs"
+            target, quantity, widths = cfg.target_macs, "macs", None
 
             def kept(slim: torch.fx.GraphModule) -> float:
                 return cost(slim, self.example).macs / full
@@ -549,7 +546,7 @@ class Job:
             per_group = latency_c(table, c) if quantity == "latency" else None
             pruner = self._catalyst_opt1(gm, c, per_group)
             converged = pruner.converged()
-            removed = pruner.decisions(round_to=self.round_to)
+            removed = pruner.decisions(round_to=cfg.round_to, widths=widths)
             slim = prune_channels(strip_catalysts(pruner.model), graph, removed)
             probe = CalibrationProbe(c=c, fraction=kept(slim), converged=converged)
             calibration = replace(self.state.calibration,
@@ -558,10 +555,10 @@ class Job:
                 self.state.opt1_done = {"model": pruner.model.state_dict(),
                                         "converged": converged, "c": c}
                 if per_group is not None:
-                    self.state.opt1_done["c_groups"] = per_group
-                    widths = {g: graph[g].channels - len(v) for g, v in removed.items()}
+                    self.state.opt1_done.update(c_groups=per_group, widths=widths)
+                    widths_kept = {g: graph[g].channels - len(v) for g, v in removed.items()}
                     self._report_latency(table, target_ms, probe.fraction * table.full_ms,
-                                         table.predict(widths), [])
+                                         table.predict(widths_kept), [])
             self.state.calibration = calibration
             self._fresh_loop()
             self.state.model = {}  # the best run's weights are in opt1_done
@@ -610,7 +607,7 @@ class Job:
             log.warning("opt1 did not converge within %d epochs (margin %.2f decades): %s; the "
                         "pruning step is not lossless", done.get("epochs", self.opt1_epochs),
                         d.margin_decades, describe_undecided(undecided))
-        intermediate = pruner.prune(force=True, round_to=self.round_to)
+        intermediate = pruner.prune(force=True, round_to=cfg.round_to, widths=done.get("widths"))
         after = accuracy(intermediate, self.test_loader, device=self.device)
         final = pruner.finalize()
         decision = Decision(
@@ -675,8 +672,9 @@ class Job:
         cfg = self.cfg
         example = self.example.cpu()
         timer = OnnxRuntimeTimer(model, example, batch=cfg.latency_batch)
-        table = latency_table(model, example, graph=graph, batch=cfg.latency_batch,
-                              cache=self.out / "latency", timer=timer)
+        table = replace(latency_table(model, example, graph=graph, batch=cfg.latency_batch,
+                                      cache=self.out / "latency", timer=timer),
+                        round_to=cfg.round_to)
         kind, value = parse_target(cfg.target_latency)
         return timer, table, value * table.full_ms if kind == "fraction" else value
 
