@@ -16,6 +16,9 @@ Guarantees:
   head dim: scores and weighted values), and nn.MultiheadAttention's and
   nn.TransformerEncoderLayer's fused inference path, which the counter cannot see into, is
   turned off while counting (``torch.backends.mha``), so their projections count too.
+- Recurrent layers count their input and hidden matrix products at every step: nn.GRU and
+  nn.RNN through the matmuls torch runs them as, nn.LSTM on the CPU through its oneDNN kernel
+  (a formula of ours, as for attention).
 - ``params`` is the number of parameter elements, each shared parameter counted once.
 """
 
@@ -75,8 +78,18 @@ def _attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape
     return 2 * math.prod(batch) * queries * key_shape[-2] * (width + value_shape[-1])
 
 
+def _rnn_layer_flops(input_shape: torch.Size, w_ih_shape: torch.Size, w_hh_shape: torch.Size,
+                     *args: object, out_shape: object = None, **kwargs: object) -> int:
+    """One direction of one recurrent layer as oneDNN runs it (the CPU's LSTM): every step
+    multiplies its input by w_ih and the hidden state by w_hh, 2 FLOPs per multiply-add. The
+    gates' elementwise products are not counted, as no elementwise op is."""
+    steps = math.prod(input_shape[:-1])  # time x batch, in either order
+    return 2 * steps * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
 # Ops that torch's FlopCounterMode has no formula for, though they are matrix products.
-_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+             torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops}
 
 
 def count_flops(model: nn.Module, inputs: tuple[object, ...],

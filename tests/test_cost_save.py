@@ -79,6 +79,20 @@ def test_cost_counts_multihead_attentions_fused_inference_path() -> None:
     assert cost(mha, (x, x, x)).macs == 5 * 4 * 16 * 16 + 5 * 5 * 16 * 2
 
 
+@pytest.mark.parametrize(("layer", "gates"), [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_cost_counts_recurrent_layers(layer: type[nn.Module], gates: int, device: str) -> None:
+    """Every step of every layer and direction multiplies its input by w_ih and its hidden
+    state by w_hh: 2 sequences x 5 steps, 32 hidden units per gate, inputs of 16 features to
+    the first layer and of 2 x 32 to the second. The CPU's LSTM runs one oneDNN kernel that
+    torch's counter has no formula for (it counted 0)."""
+    with torch.device(device):
+        rnn = layer(16, 32, num_layers=2, batch_first=True, bidirectional=True)
+        x = torch.randn(2, 5, 16)
+    per_direction = 2 * 5 * gates * 32 * ((16 + 32) + (64 + 32))
+    assert cost(rnn, x).macs == 2 * per_direction
+
+
 def test_cost_counts_a_shared_parameter_once() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:
