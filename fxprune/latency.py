@@ -495,14 +495,15 @@ def _next_table_target(probes: Sequence[tuple[float, float]], predictions: Seque
     71.3, 70.5 and 68.5 ms at table targets 66 down to 40, each step dividing the aim by the
     last plan's factor). With one probe, or two whose times differ by no more than the timer's
     noise (a slope from noise sent MobileNet-v2 at batch 32 from 97.3 and 96.8 ms to 71.6, for
-    a target of 94), the line goes through zero: the aim divided by the nearest plan's factor."""
+    a target of 94), or two of the same prediction (one plan timed twice), the line goes through
+    zero: the aim divided by the nearest plan's factor."""
     lo, up = bracket(probes, target_ms, 0.0, hi, rising=True)
     near = sorted(range(len(probes)), key=lambda i: abs(probes[i][1] - aim))
     p1, m1 = predictions[near[0]], probes[near[0]][1]
     guess = aim * p1 / m1 if m1 > 0 and p1 > 0 else lo
     if len(near) > 1:
         p2, m2 = predictions[near[1]], probes[near[1]][1]
-        if abs(m1 - m2) > NOISE * aim and (m1 - m2) / (p1 - p2) > 0:
+        if abs(m1 - m2) > NOISE * aim and (m1 - m2) * (p1 - p2) > 0:  # a rising slope
             guess = p1 + (aim - m1) * (p1 - p2) / (m1 - m2)
     if not lo < guess < up:
         # timing noise (a plan measured slower than a wider one) put the guess past the

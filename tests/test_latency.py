@@ -137,6 +137,22 @@ def test_a_noisy_timing_does_not_send_the_search_to_half_the_target(digits) -> N
     assert 0.9 * target <= met.measured_ms <= target  # and ended at 0.80
 
 
+def test_a_plan_reached_twice_with_two_timings_does_not_stop_the_search(digits) -> None:
+    """A target out of the table's reach gives the same plan at every table target; timed
+    without `remembered`, its timings differ by noise while its prediction does not. That is no
+    slope to follow (it divided by zero)."""
+    gm, graph, _ = digits
+    table = _table(digits)
+    scores = Scorer(gm, graph, "magnitude").values(gm)
+    noise = iter([1.0, 1.2, 1.1, 1.3, 1.0, 1.2])
+
+    def measure(removed: dict[int, list[int]]) -> float:
+        return next(noise) * table.predict(_widths(graph, removed))
+
+    met = meet_latency(table, scores, 0.01 * table.full_ms, graph, measure)
+    assert len(met.probes) == 6  # every plan timed; none met the target
+
+
 def test_the_plan_removes_what_costs_least_score_per_millisecond(digits) -> None:
     gm, graph, x = digits
     table = _table(digits)
